@@ -1,0 +1,109 @@
+"""The `automation` console command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from automation.local.stack import LocalStack, StackError
+
+app = typer.Typer(help="LLM compression workflows: Prefect orchestration, ClearML execution.",
+                  no_args_is_help=True)
+local_app = typer.Typer(help="The local ClearML stand-in, its agents and its data directory.",
+                        no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory of the local stack (default: $AUTOMATION_DATA_DIR "
+                 "or ~/.local/share/llm-automation/local)."),
+]
+
+
+def _split(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@local_app.command("up")
+def local_up(
+    data_dir: DataDirOpt = None,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues, one agent each "
+                                                     "(default: gpu,cpu).")] = None,
+    no_agents: Annotated[bool, typer.Option("--no-agents", help="Start the stand-in only.")] = False,
+    allow_faults: Annotated[bool, typer.Option("--allow-faults", hidden=True)] = False,
+    validate: Annotated[bool, typer.Option("--validate", hidden=True)] = False,
+) -> None:
+    """Start the stand-in and one clearml-agent per queue; print the env to use them."""
+    stack = LocalStack(data_dir)
+    try:
+        report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
+                          agents=not no_agents)
+    except StackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for key, value in report.env.items():
+        # The secret stays in DIR/env (mode 0600); never on a terminal or in a CI log.
+        shown = "********" if "SECRET" in key else value
+        typer.echo(f"export {key}={shown}")
+    what = ", ".join(report.started) or "nothing new"
+    err_console.print(f"[green]started:[/green] {what}"
+                      + (f"; already running: {', '.join(report.already_running)}"
+                         if report.already_running else ""))
+    err_console.print(f"env written to {stack.data.env_file} (source it in your shell)")
+
+
+@local_app.command("status")
+def local_status(
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """What runs, on which ports, with which queues, agents and task counts."""
+    status = LocalStack(data_dir).status()
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    if not status.get("configured"):
+        console.print(f"no local stack in {status['data_dir']} (run `automation local up`)")
+        raise typer.Exit(1)
+    server = status["server"]
+    table = Table(title=f"local stack in {status['data_dir']}")
+    table.add_column("component")
+    table.add_column("state")
+    table.add_column("detail")
+    state = "[green]running[/green]" if server["running"] else "[red]stopped[/red]"
+    table.add_row("stand-in", state, f"api {server['api']}  files {server['files']}  web {server['web']}")
+    for queue, agent in status["agents"].items():
+        astate = "[green]running[/green]" if agent["running"] else "[red]stopped[/red]"
+        table.add_row(f"agent {queue}", astate, f"pid {agent['pid']}" if agent["pid"] else "")
+    for q in status.get("queues", []):
+        table.add_row(f"queue {q['name']}", "", f"{q['queued']} queued")
+    if "tasks" in status:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(status["tasks"].items())) or "none"
+        table.add_row("tasks", "", counts)
+    if "workers" in status:
+        table.add_row("workers", "", ", ".join(status["workers"]) or "none registered")
+    if "api_error" in status:
+        table.add_row("api", "[red]error[/red]", status["api_error"])
+    console.print(table)
+
+
+@local_app.command("down")
+def local_down(data_dir: DataDirOpt = None) -> None:
+    """Stop exactly what `up` started (agents, their task processes, the stand-in)."""
+    stopped = LocalStack(data_dir).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,59 @@
+"""Where the local stack keeps its state inside its data directory (one place, one layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataDir:
+    """Paths below a local-stack data directory; SQLite + files survive `down`/`up`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    @property
+    def db(self) -> Path:
+        return self.root / "clearml" / "standin.db"
+
+    @property
+    def files(self) -> Path:
+        return self.root / "clearml" / "files"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "clearml" / "credentials.json"
+
+    @property
+    def stack_file(self) -> Path:
+        """Ports and queues chosen at the first `up`, reused later so stored URLs stay valid."""
+        return self.root / "stack.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def clearml_conf(self) -> Path:
+        return self.root / "clearml.conf"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.run / "server.ready"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def agent_home(self, queue: str) -> Path:
+        return self.root / "agents" / queue
+
+    def ensure(self) -> None:
+        for d in (self.db.parent, self.files, self.run, self.logs):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,120 @@
+"""Process entry of the stand-in: API, file server and web pages on three loopback ports.
+
+    python -m automation.local.server --data-dir DIR --api-port P --files-port P --web-port P
+
+Ports and credentials come from the command line and `DIR/credentials.json`; once all three
+sockets listen, `DIR/run/server.ready` is written so the launcher knows it can go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from automation.local.api import Credentials, StandInApp
+from automation.local.faults import FaultInjector
+from automation.local.files import FileServer
+from automation.local.layout import DataDir
+from automation.local.store import Store
+from automation.local.web import WebUI
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server(app: object) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        limit_concurrency=2000,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: bool, validate: bool) -> None:
+    creds = Credentials(**json.loads(data.credentials.read_text()))
+    store = Store(data.db)
+    api_url = f"http://{host}:{ports['api']}"
+    files_url = f"http://{host}:{ports['files']}"
+    web_url = f"http://{host}:{ports['web']}"
+    standin = StandInApp(
+        store,
+        creds,
+        api_url=api_url,
+        files_url=files_url,
+        web_url=web_url,
+        faults=FaultInjector(allowed=allow_faults),
+        validate=validate,
+    )
+    apps = {
+        "api": standin.app,
+        "files": FileServer(data.files).app,
+        "web": WebUI(store, files_url=files_url, web_url=web_url).app,
+    }
+    socks = {name: _bind(host, ports[name]) for name in apps}
+    servers = [_server(apps[name]) for name in apps]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks = [asyncio.create_task(s.serve(sockets=[socks[n]])) for s, n in zip(servers, apps, strict=True)]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in tasks):
+            for t in tasks:
+                if t.done() and t.exception():
+                    raise t.exception()  # type: ignore[misc]
+            raise RuntimeError("a stand-in server stopped during start-up")
+        await asyncio.sleep(0.02)
+    data.ready_file.write_text(json.dumps({"pid": os.getpid(), "ports": ports, "host": host}))
+    logging.getLogger("automation.local").warning("stand-in listening: %s", ports)
+    await stop.wait()
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    store.close()
+    with contextlib.suppress(FileNotFoundError):
+        data.ready_file.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="automation.local.server")
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--api-port", type=int, required=True)
+    parser.add_argument("--files-port", type=int, required=True)
+    parser.add_argument("--web-port", type=int, required=True)
+    parser.add_argument("--allow-faults", action="store_true", help="test-only: allow fault injection")
+    parser.add_argument("--validate", action="store_true",
+                        help="check every response against the clearml SDK's response classes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data = DataDir(args.data_dir)
+    data.ensure()
+    ports = {"api": args.api_port, "files": args.files_port, "web": args.web_port}
+    asyncio.run(serve(data, args.host, ports, args.allow_faults, args.validate))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""events.*: (to be filled in)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""models.*: (to be filled in)."""
+
+from __future__ import annotations

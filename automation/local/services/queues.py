@@ -1,0 +1,3 @@
+"""queues.*: (to be filled in)."""
+
+from __future__ import annotations

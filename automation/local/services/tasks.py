@@ -1,0 +1,3 @@
+"""tasks.*: (to be filled in)."""
+
+from __future__ import annotations

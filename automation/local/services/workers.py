@@ -1,0 +1,3 @@
+"""workers.*: (to be filled in)."""
+
+from __future__ import annotations

@@ -1,0 +1,382 @@
+"""`automation local up|status|down`: the embedded default stack in one data directory.
+
+`up` starts the stand-in (API + file server + web pages on free loopback ports, remembered so
+stored URLs stay valid across restarts), creates the queues, starts one real
+`clearml-agent daemon --foreground` per queue, and writes `DIR/env` and a fail-fast
+`DIR/clearml.conf`. It is idempotent: what already runs is left alone. `down` stops exactly
+what `up` recorded in PID files, task processes included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from automation.local import procs
+from automation.local.layout import DataDir
+
+DEFAULT_QUEUES = ("gpu", "cpu")
+HOST = "127.0.0.1"
+SERVER_START_TIMEOUT_S = 30.0
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("AUTOMATION_DATA_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "llm-automation" / "local"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class StackConfig:
+    ports: dict[str, int]
+    queues: list[str]
+    allow_faults: bool = False
+    validate: bool = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.ports['api']}"
+
+    @property
+    def files_url(self) -> str:
+        return f"http://{HOST}:{self.ports['files']}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{HOST}:{self.ports['web']}"
+
+
+@dataclass
+class UpReport:
+    env: dict[str, str]
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+
+
+class LocalStack:
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data = DataDir(data_dir or default_data_dir())
+
+    # -- persistent configuration ---------------------------------------------------------------
+    def _load_config(self) -> StackConfig | None:
+        try:
+            raw = json.loads(self.data.stack_file.read_text())
+            return StackConfig(
+                ports={k: int(v) for k, v in raw["ports"].items()},
+                queues=list(raw["queues"]),
+                allow_faults=bool(raw.get("allow_faults", False)),
+                validate=bool(raw.get("validate", False)),
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StackError(f"{self.data.stack_file} is damaged ({exc}); fix or delete it") from exc
+
+    def _save_config(self, cfg: StackConfig) -> None:
+        tmp = self.data.stack_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ports": cfg.ports, "queues": cfg.queues, "allow_faults": cfg.allow_faults,
+                                   "validate": cfg.validate}, indent=2))
+        os.replace(tmp, self.data.stack_file)
+
+    def _credentials(self) -> dict[str, str]:
+        path = self.data.credentials
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        creds = {
+            "access_key": "LOCAL" + secrets.token_hex(8).upper(),
+            "secret_key": secrets.token_urlsafe(32),
+            "token_secret": secrets.token_urlsafe(32),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(creds, f)
+        return creds
+
+    # -- env and clearml.conf ----------------------------------------------------------------
+    def env(self, cfg: StackConfig) -> dict[str, str]:
+        creds = self._credentials()
+        return {
+            "CLEARML_API_HOST": cfg.api_url,
+            "CLEARML_WEB_HOST": cfg.web_url,
+            "CLEARML_FILES_HOST": cfg.files_url,
+            "CLEARML_API_ACCESS_KEY": creds["access_key"],
+            "CLEARML_API_SECRET_KEY": creds["secret_key"],
+            "CLEARML_CONFIG_FILE": str(self.data.clearml_conf),
+            "CLEARML_DEFAULT_OUTPUT_URI": cfg.files_url,
+        }
+
+    def _write_conf(self, cfg: StackConfig) -> None:
+        creds = self._credentials()
+        conf = f"""# Written by `automation local up`. Bounded retries: an unreachable server fails in seconds.
+api {{
+    api_server: "{cfg.api_url}"
+    web_server: "{cfg.web_url}"
+    files_server: "{cfg.files_url}"
+    credentials {{
+        access_key: "{creds['access_key']}"
+        secret_key: "{creds['secret_key']}"
+    }}
+    http {{
+        retries {{
+            total: 2
+            connect: 2
+            read: 2
+            redirect: 2
+            status: 2
+            backoff_factor: 0.1
+        }}
+        wait_on_maintenance_forever: false
+    }}
+}}
+sdk {{
+    development {{
+        default_output_uri: "{cfg.files_url}"
+        support_stopping: true
+        report_use_subprocess: false
+    }}
+}}
+agent {{
+    package_manager {{ type: pip }}
+    reload_config: false
+    worker_name: "local"
+}}
+"""
+        fd = os.open(self.data.clearml_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
+
+    def _write_env(self, env: dict[str, str]) -> None:
+        lines = ["# source this file to point the clearml SDK and agent at the local stack"]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        fd = os.open(self.data.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    # -- up ------------------------------------------------------------------------------------
+    def up(
+        self,
+        queues: Sequence[str] | None = None,
+        allow_faults: bool = False,
+        validate: bool = False,
+        agents: bool = True,
+    ) -> UpReport:
+        self.data.ensure()
+        cfg = self._load_config()
+        if cfg is None:
+            cfg = StackConfig(ports={n: _free_port() for n in ("api", "files", "web")},
+                              queues=list(queues or DEFAULT_QUEUES))
+        elif queues:
+            cfg.queues = list(dict.fromkeys([*cfg.queues, *queues]))
+        cfg.allow_faults = cfg.allow_faults or allow_faults
+        cfg.validate = cfg.validate or validate
+        report = UpReport(env={})
+
+        server = procs.running(self.data.pid_file("server"))
+        if server is None:
+            for name, port in list(cfg.ports.items()):
+                if not _port_free(port):
+                    raise StackError(
+                        f"port {port} ({name}) recorded in {self.data.stack_file} is taken by another "
+                        "process; stop it or delete stack.json to pick new ports (stored URLs would break)"
+                    )
+            self._save_config(cfg)
+            self._credentials()
+            self._start_server(cfg)
+            report.started.append("server")
+        else:
+            self._save_config(cfg)
+            report.already_running.append("server")
+
+        env = self.env(cfg)
+        self._write_conf(cfg)
+        self._write_env(env)
+        report.env = env
+        api = StandInClient(cfg.api_url, env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+        for queue in cfg.queues:
+            api.ensure_queue(queue)
+        if agents:
+            for queue in cfg.queues:
+                name = f"agent-{queue}"
+                if procs.running(self.data.pid_file(name)) is not None:
+                    report.already_running.append(name)
+                    continue
+                self._start_agent(queue, env)
+                report.started.append(name)
+        return report
+
+    def _start_server(self, cfg: StackConfig) -> None:
+        self.data.ready_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "automation.local.server",
+            "--data-dir", str(self.data.root),
+            "--api-port", str(cfg.ports["api"]),
+            "--files-port", str(cfg.ports["files"]),
+            "--web-port", str(cfg.ports["web"]),
+        ]
+        if cfg.allow_faults:
+            argv.append("--allow-faults")
+        if cfg.validate:
+            argv.append("--validate")
+        proc = procs.start_detached(argv, self.data.pid_file("server"), self.data.logs / "server.log",
+                                    env=_clean_env())
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.data.ready_file.exists():
+                return
+            if not proc.is_running() or proc.status() == "zombie":
+                raise StackError(f"the stand-in server exited during start-up:\n{_tail(self.data.logs / 'server.log')}")
+            time.sleep(0.05)
+        procs.stop_tree(proc)
+        raise StackError(f"the stand-in server did not become ready in {SERVER_START_TIMEOUT_S:.0f} s:\n"
+                         f"{_tail(self.data.logs / 'server.log')}")
+
+    def _start_agent(self, queue: str, env: dict[str, str]) -> None:
+        home = self.data.agent_home(queue)
+        home.mkdir(parents=True, exist_ok=True)
+        agent_env = {
+            **_clean_env(),
+            **env,
+            "HOME": str(home),
+            "CLEARML_WORKER_ID": f"local-{queue}",
+            "CLEARML_WORKER_NAME": f"local-{queue}",
+            # Run tasks in this very environment (no per-task venv): the local stack is one machine.
+            "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "1",
+            "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
+            "PYTHONUNBUFFERED": "1",
+        }
+        agent_bin = shutil.which("clearml-agent", path=str(Path(sys.executable).parent)) or shutil.which(
+            "clearml-agent"
+        )
+        if agent_bin is None:
+            raise StackError("clearml-agent is not installed in this environment (pip install clearml-agent)")
+        argv = [agent_bin, "daemon", "--queue", queue, "--foreground"]
+        procs.start_detached(argv, self.data.pid_file(f"agent-{queue}"),
+                             self.data.logs / f"agent-{queue}.log", env=agent_env, cwd=home)
+
+    # -- down ----------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        stopped: list[str] = []
+        if not self.data.run.exists():
+            return stopped
+        # Agents first, so no task is picked up while the server goes away.
+        for pid_file in sorted(self.data.run.glob("agent-*.pid")):
+            if procs.stop_recorded(pid_file):
+                stopped.append(pid_file.stem)
+        if procs.stop_recorded(self.data.pid_file("server")):
+            stopped.append("server")
+        self.data.ready_file.unlink(missing_ok=True)
+        return stopped
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cfg = self._load_config()
+        out: dict[str, Any] = {"data_dir": str(self.data.root), "configured": cfg is not None}
+        if cfg is None:
+            return out
+        server = procs.running(self.data.pid_file("server"))
+        out["server"] = {"running": server is not None, "pid": server.pid if server else None,
+                         "api": cfg.api_url, "files": cfg.files_url, "web": cfg.web_url}
+        out["agents"] = {}
+        for queue in cfg.queues:
+            proc = procs.running(self.data.pid_file(f"agent-{queue}"))
+            out["agents"][queue] = {"running": proc is not None, "pid": proc.pid if proc else None}
+        if server is not None:
+            env = self.env(cfg)
+            try:
+                api = StandInClient(cfg.api_url, env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+                out["queues"] = api.queue_summary()
+                out["tasks"] = api.task_counts()
+                out["workers"] = api.workers()
+            except (httpx.HTTPError, StackError) as exc:
+                out["api_error"] = str(exc)
+        return out
+
+
+class StandInClient:
+    """Just enough of the ClearML API for stack management (queues, counts, workers)."""
+
+    def __init__(self, api_url: str, access_key: str, secret_key: str, timeout: float = 10.0) -> None:
+        self.api_url = api_url
+        self._http = httpx.Client(base_url=api_url, timeout=timeout)
+        res = self._http.post("/auth.login", auth=(access_key, secret_key), json={})
+        self._token = self._data(res, "auth.login")["token"]
+
+    @staticmethod
+    def _data(res: httpx.Response, name: str) -> dict[str, Any]:
+        try:
+            payload = res.json()
+        except ValueError as exc:
+            raise StackError(f"{name}: non-JSON answer (HTTP {res.status_code})") from exc
+        meta = payload.get("meta", {})
+        if res.status_code != 200:
+            raise StackError(f"{name}: {meta.get('result_code')}/{meta.get('result_subcode')} "
+                             f"{meta.get('result_msg')}")
+        return dict(payload.get("data") or {})
+
+    def call(self, endpoint_name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        res = self._http.post(f"/{endpoint_name}", json=body or {},
+                              headers={"Authorization": f"Bearer {self._token}"})
+        return self._data(res, endpoint_name)
+
+    def ensure_queue(self, name: str) -> str:
+        found = self.call("queues.get_all", {"name": f"^{name}$", "only_fields": ["id", "name"]})["queues"]
+        if found:
+            return str(found[0]["id"])
+        return str(self.call("queues.create", {"name": name})["id"])
+
+    def queue_summary(self) -> list[dict[str, Any]]:
+        queues = self.call("queues.get_all", {"only_fields": ["id", "name", "entries"]})["queues"]
+        return [{"name": q["name"], "queued": len(q.get("entries") or [])} for q in queues]
+
+    def task_counts(self) -> dict[str, int]:
+        tasks = self.call("tasks.get_all", {"only_fields": ["id", "status"], "search_hidden": True})["tasks"]
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.get("status", "unknown")] = counts.get(t.get("status", "unknown"), 0) + 1
+        return counts
+
+    def workers(self) -> list[str]:
+        return [w["id"] for w in self.call("workers.get_all").get("workers", [])]
+
+
+def _clean_env() -> dict[str, str]:
+    """The caller's environment minus ClearML settings of some other server."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

@@ -1,0 +1,174 @@
+"""Durable state of the local ClearML stand-in: JSON documents and events in SQLite (WAL).
+
+Every write is committed before the HTTP response that acknowledges it is sent, so a `kill -9`
+of the server loses nothing a client was told had been stored. Documents are also kept in an
+in-memory index (the server is the only writer), which makes the id-list lookups the status
+poller issues every tick cheap whatever the number of tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+Doc = dict[str, Any]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    doc  TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    task      TEXT NOT NULL,
+    type      TEXT NOT NULL,
+    metric    TEXT,
+    variant   TEXT,
+    iter      INTEGER,
+    timestamp INTEGER,
+    doc       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task_type ON events (task, type, seq);
+"""
+
+
+class Store:
+    """Documents by (kind, id) plus an append-only event log, both in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); only an OS crash may lose the tail.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._in_tx = 0
+        self._docs: dict[str, dict[str, Doc]] = {}
+        for kind, id_, raw in self._db.execute("SELECT kind, id, doc FROM docs"):
+            self._docs.setdefault(kind, {})[id_] = json.loads(raw)
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes so that a request's changes are committed (or dropped) together."""
+        with self._lock:
+            outer = self._in_tx == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._undo: dict[tuple[str, str], Doc | None] = {}
+            self._in_tx += 1
+            try:
+                yield
+            except BaseException:
+                self._in_tx -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                    for (kind, id_), old in self._undo.items():
+                        if old is None:
+                            self._docs.get(kind, {}).pop(id_, None)
+                        else:
+                            self._docs.setdefault(kind, {})[id_] = old
+                raise
+            else:
+                self._in_tx -= 1
+                if outer:
+                    self._db.execute("COMMIT")
+
+    def _remember(self, kind: str, id_: str) -> None:
+        """Keep a doc's pre-transaction value once, so a rollback restores the in-memory index."""
+        if (kind, id_) not in self._undo:
+            self._undo[(kind, id_)] = self._docs.get(kind, {}).get(id_)
+
+    # -- documents ----------------------------------------------------------------------------
+    def get(self, kind: str, id_: str) -> Doc | None:
+        doc = self._docs.get(kind, {}).get(id_)
+        return copy.deepcopy(doc) if doc is not None else None
+
+    def get_many(self, kind: str, ids: Iterable[str]) -> list[Doc]:
+        table = self._docs.get(kind, {})
+        return [copy.deepcopy(table[i]) for i in ids if i in table]
+
+    def all(self, kind: str) -> list[Doc]:
+        """Every document of a kind (deep copies, safe to mutate)."""
+        return [copy.deepcopy(d) for d in self._docs.get(kind, {}).values()]
+
+    def iter_raw(self, kind: str) -> Iterable[Doc]:
+        """Read-only view without copying: callers must not mutate what they get."""
+        return self._docs.get(kind, {}).values()
+
+    def count(self, kind: str) -> int:
+        return len(self._docs.get(kind, {}))
+
+    def put(self, kind: str, id_: str, doc: Doc) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO docs (kind, id, doc) VALUES (?, ?, ?)",
+                (kind, id_, json.dumps(doc, default=str)),
+            )
+            self._remember(kind, id_)
+            self._docs.setdefault(kind, {})[id_] = copy.deepcopy(doc)
+
+    def delete(self, kind: str, id_: str) -> bool:
+        with self.transaction():
+            cur = self._db.execute("DELETE FROM docs WHERE kind = ? AND id = ?", (kind, id_))
+            self._remember(kind, id_)
+            self._docs.get(kind, {}).pop(id_, None)
+            return cur.rowcount > 0
+
+    # -- events -------------------------------------------------------------------------------
+    def add_events(self, events: list[Doc]) -> int:
+        rows = [
+            (
+                ev["task"],
+                ev.get("type", ""),
+                ev.get("metric"),
+                ev.get("variant"),
+                ev.get("iter"),
+                ev.get("timestamp"),
+                json.dumps(ev, default=str),
+            )
+            for ev in events
+        ]
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO events (task, type, metric, variant, iter, timestamp, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def events(self, task: str, types: Iterable[str] | None = None) -> list[Doc]:
+        """A task's events in arrival order, optionally limited to some event types."""
+        with self._lock:
+            if types is None:
+                cur = self._db.execute("SELECT doc FROM events WHERE task = ? ORDER BY seq", (task,))
+            else:
+                type_list = list(types)
+                marks = ",".join("?" for _ in type_list)
+                cur = self._db.execute(
+                    f"SELECT doc FROM events WHERE task = ? AND type IN ({marks}) ORDER BY seq",
+                    (task, *type_list),
+                )
+            return [json.loads(raw) for (raw,) in cur.fetchall()]
+
+    def delete_events(self, task: str) -> int:
+        with self.transaction():
+            return self._db.execute("DELETE FROM events WHERE task = ?", (task,)).rowcount
+
+    def event_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
