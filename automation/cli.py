@@ -28,6 +28,16 @@ DataDirOpt = Annotated[
 ]
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `finally` blocks (stack down, task stop) still run."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _split(value: str | None) -> list[str] | None:
     if not value:
         return None
@@ -96,6 +106,47 @@ def local_status(
     if "api_error" in status:
         table.add_row("api", "[red]error[/red]", status["api_error"])
     console.print(table)
+
+
+@app.command("demo")
+def demo(
+    data_dir: DataDirOpt = None,
+    queue: Annotated[str, typer.Option(help="Queue the demo task runs on.")] = "cpu",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+) -> None:
+    """Run the main job on the local stack (brought up for the run unless it already runs)."""
+    from dataclasses import asdict
+
+    from automation.demo import run_demo
+
+    _exit_on_sigterm()
+    try:
+        result = run_demo(data_dir, queue=queue)
+    except (StackError, TimeoutError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"ClearML task {result.task_id}: {result.status}")
+    table.add_column("what")
+    table.add_column("value")
+    for title, series in result.scalars.items():
+        for name, value in series.items():
+            table.add_row(f"scalar {title}/{name} (last)", f"{value:.4g}")
+    for name, value in result.single_values.items():
+        table.add_row(f"single value {name}", f"{value:.4g}")
+    for name, url in result.artifacts.items():
+        table.add_row(f"artifact {name}", url)
+    for name, url in result.models.items():
+        table.add_row(f"model {name}", url)
+    table.add_row("round trip", f"{result.wall_s:.1f} s, {result.api_calls} API calls")
+    table.add_row("task page", result.web_url)
+    console.print(table)
+    if result.log_tail:
+        console.print("[dim]log tail:[/dim]\n" + "\n".join(result.log_tail))
+    if json_out:
+        json_out.write_text(json.dumps(asdict(result), indent=2))
+    if result.status != "completed":
+        err_console.print(f"[red]task ended {result.status}[/red]: {result.status_message}")
+        raise typer.Exit(1)
 
 
 @local_app.command("down")

@@ -120,9 +120,20 @@ class CallLog:
     """Per-endpoint call counts and response-contract violations, for tests and benchmarks."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    unsupported: Counter[str] = field(default_factory=Counter)
     contract_errors: list[str] = field(default_factory=list)
     validate: bool = False
     _response_classes: dict[str, type] = field(default_factory=dict)
+
+    def dump(self) -> dict[str, Any]:
+        return {"calls": dict(self.counts), "unsupported": dict(self.unsupported),
+                "contract_errors": list(self.contract_errors)}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Continue the counts of a previous server process (kept across a restart or crash)."""
+        self.counts.update(saved.get("calls", {}))
+        self.unsupported.update(saved.get("unsupported", {}))
+        self.contract_errors.extend(saved.get("contract_errors", []))
 
     def check(self, name: str, data: dict[str, Any]) -> None:
         if not self.validate:
@@ -245,6 +256,7 @@ class StandInApp:
             body = await self._body(request)
             handler = self.handlers.get(name)
             if handler is None:
+                self.calls.unsupported[name] += 1
                 raise ApiError(f"Unsupported endpoint {name} (not served by the local stand-in)",
                                400, Sub.NO_SUCH_ENDPOINT)
             self.calls.counts[name] += 1
@@ -329,12 +341,14 @@ class StandInApp:
                 "calls": dict(self.calls.counts),
                 "total_calls": sum(self.calls.counts.values()),
                 "contract_errors": list(self.calls.contract_errors),
+                "unsupported": dict(self.calls.unsupported),
                 "faults": self.faults.describe(),
             }
         )
 
     async def reset_stats(self, request: Request) -> Response:
         self.calls.counts.clear()
+        self.calls.unsupported.clear()
         self.calls.contract_errors.clear()
         return JSONResponse({"ok": True})
 

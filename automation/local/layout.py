@@ -37,6 +37,11 @@ class DataDir:
         return self.root / "clearml.conf"
 
     @property
+    def agent_conf(self) -> Path:
+        """Like clearml.conf, with retries that ride out a short stand-in restart."""
+        return self.root / "agent-clearml.conf"
+
+    @property
     def run(self) -> Path:
         return self.root / "run"
 

@@ -47,7 +47,8 @@ def _server(app: object) -> uvicorn.Server:
         limit_concurrency=2000,
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # Signals are handled once for all three servers in serve(); uvicorn must not install its own.
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
     return server
 
 
@@ -66,6 +67,10 @@ async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: b
         faults=FaultInjector(allowed=allow_faults),
         validate=validate,
     )
+    calls_file = data.run / "calls.json"
+    if calls_file.exists():
+        with contextlib.suppress(ValueError):
+            standin.calls.load(json.loads(calls_file.read_text()))
     apps = {
         "api": standin.app,
         "files": FileServer(data.files).app,
@@ -88,14 +93,31 @@ async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: b
             raise RuntimeError("a stand-in server stopped during start-up")
         await asyncio.sleep(0.02)
     data.ready_file.write_text(json.dumps({"pid": os.getpid(), "ports": ports, "host": host}))
+    saver = asyncio.create_task(_save_calls(standin, calls_file, stop))
     logging.getLogger("automation.local").warning("stand-in listening: %s", ports)
     await stop.wait()
     for s in servers:
         s.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, saver, return_exceptions=True)
     store.close()
     with contextlib.suppress(FileNotFoundError):
         data.ready_file.unlink()
+
+
+async def _save_calls(standin: StandInApp, path: Path, stop: asyncio.Event) -> None:
+    """Persist the call log twice a second, so call counts survive a restart (kill -9 included)."""
+    last = None
+    while True:
+        snapshot = json.dumps(standin.calls.dump(), sort_keys=True)
+        if snapshot != last:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(snapshot)
+            os.replace(tmp, path)
+            last = snapshot
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ from automation.local.layout import DataDir
 DEFAULT_QUEUES = ("gpu", "cpu")
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 30.0
+AGENT_SETTLE_S = 3.0
 
 
 class StackError(RuntimeError):
@@ -49,6 +50,9 @@ def _free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Same option as the server's own bind: connections in TIME_WAIT from a killed server
+        # must not make its port look taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -138,43 +142,9 @@ class LocalStack:
 
     def _write_conf(self, cfg: StackConfig) -> None:
         creds = self._credentials()
-        conf = f"""# Written by `automation local up`. Bounded retries: an unreachable server fails in seconds.
-api {{
-    api_server: "{cfg.api_url}"
-    web_server: "{cfg.web_url}"
-    files_server: "{cfg.files_url}"
-    credentials {{
-        access_key: "{creds['access_key']}"
-        secret_key: "{creds['secret_key']}"
-    }}
-    http {{
-        retries {{
-            total: 2
-            connect: 2
-            read: 2
-            redirect: 2
-            status: 2
-            backoff_factor: 0.1
-        }}
-        wait_on_maintenance_forever: false
-    }}
-}}
-sdk {{
-    development {{
-        default_output_uri: "{cfg.files_url}"
-        support_stopping: true
-        report_use_subprocess: false
-    }}
-}}
-agent {{
-    package_manager {{ type: pip }}
-    reload_config: false
-    worker_name: "local"
-}}
-"""
-        fd = os.open(self.data.clearml_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf)
+        write_clearml_conf(self.data.clearml_conf, cfg, creds["access_key"], creds["secret_key"])
+        write_clearml_conf(self.data.agent_conf, cfg, creds["access_key"], creds["secret_key"],
+                           retries=AGENT_RETRIES)
 
     def _write_env(self, env: dict[str, str]) -> None:
         lines = ["# source this file to point the clearml SDK and agent at the local stack"]
@@ -226,6 +196,7 @@ agent {{
         for queue in cfg.queues:
             api.ensure_queue(queue)
         if agents:
+            fresh: list[str] = []
             for queue in cfg.queues:
                 name = f"agent-{queue}"
                 if procs.running(self.data.pid_file(name)) is not None:
@@ -233,7 +204,20 @@ agent {{
                     continue
                 self._start_agent(queue, env)
                 report.started.append(name)
+                fresh.append(queue)
+            self._check_agents_alive(fresh)
         return report
+
+    def _check_agents_alive(self, queues: Sequence[str], settle_s: float = AGENT_SETTLE_S) -> None:
+        """An agent that cannot start (bad config, a clashing worker id) exits within a second or
+        two; say so now instead of leaving tasks queued forever."""
+        deadline = time.monotonic() + settle_s
+        while queues and time.monotonic() < deadline:
+            for queue in queues:
+                if procs.running(self.data.pid_file(f"agent-{queue}")) is None:
+                    log = self.data.logs / f"agent-{queue}.log"
+                    raise StackError(f"the clearml-agent for queue '{queue}' exited at start-up:\n{_tail(log, 15)}")
+            time.sleep(0.2)
 
     def _start_server(self, cfg: StackConfig) -> None:
         self.data.ready_file.unlink(missing_ok=True)
@@ -263,13 +247,18 @@ agent {{
 
     def _start_agent(self, queue: str, env: dict[str, str]) -> None:
         home = self.data.agent_home(queue)
-        home.mkdir(parents=True, exist_ok=True)
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
         agent_env = {
             **_clean_env(),
             **env,
             "HOME": str(home),
-            "CLEARML_WORKER_ID": f"local-{queue}",
-            "CLEARML_WORKER_NAME": f"local-{queue}",
+            # The agent keeps worker-slot files in the temp dir; keep each stack's apart.
+            "TMPDIR": str(home / "tmp"),
+            "CLEARML_CONFIG_FILE": str(self.data.agent_conf),
+            # Unique per data dir: the agent refuses to start next to another with the same id,
+            # and two stacks (two test sessions, a developer's and CI's) may share a machine.
+            "CLEARML_WORKER_ID": f"local-{queue}-{self._stack_tag()}",
+            "CLEARML_WORKER_NAME": f"local-{queue}-{self._stack_tag()}",
             # Run tasks in this very environment (no per-task venv): the local stack is one machine.
             "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "1",
             "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
@@ -283,6 +272,11 @@ agent {{
         argv = [agent_bin, "daemon", "--queue", queue, "--foreground"]
         procs.start_detached(argv, self.data.pid_file(f"agent-{queue}"),
                              self.data.logs / f"agent-{queue}.log", env=agent_env, cwd=home)
+
+    def _stack_tag(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(str(self.data.root).encode()).hexdigest()[:6]
 
     # -- down ----------------------------------------------------------------------------------
     def down(self) -> list[str]:
@@ -321,6 +315,60 @@ agent {{
             except (httpx.HTTPError, StackError) as exc:
                 out["api_error"] = str(exc)
         return out
+
+
+# Orchestrator side: an unreachable server must be an error in about a second, naming the URL.
+FAIL_FAST_RETRIES = {"total": 2, "connect": 2, "read": 2, "redirect": 2, "status": 2, "backoff_factor": 0.1}
+# Agents and their task processes: ride out a stand-in restart of a few seconds (a running GPU job
+# should not die because the tracking server blinked), yet still give up within about a minute.
+AGENT_RETRIES = {"total": 8, "connect": 8, "read": 4, "redirect": 2, "status": 4, "backoff_factor": 0.5}
+
+
+def write_clearml_conf(
+    path: Path,
+    cfg: StackConfig,
+    access_key: str,
+    secret_key: str,
+    retries: dict[str, float] | None = None,
+) -> None:
+    """A clearml.conf for SDK and agent whose retries are bounded: an unreachable server is an
+    error within seconds, not hours of silent retrying (the SDK default is 240 retries)."""
+    r = {**FAIL_FAST_RETRIES, **(retries or {})}
+    conf = f"""# Written by `automation local up`. Bounded retries: an unreachable server fails in seconds.
+api {{
+    api_server: "{cfg.api_url}"
+    web_server: "{cfg.web_url}"
+    files_server: "{cfg.files_url}"
+    credentials {{
+        access_key: "{access_key}"
+        secret_key: "{secret_key}"
+    }}
+    http {{
+        retries {{
+            total: {int(r["total"])}
+            connect: {int(r["connect"])}
+            read: {int(r["read"])}
+            redirect: {int(r["redirect"])}
+            status: {int(r["status"])}
+            backoff_factor: {r["backoff_factor"]}
+        }}
+        wait_on_maintenance_forever: false
+    }}
+}}
+sdk {{
+    development {{
+        default_output_uri: "{cfg.files_url}"
+        support_stopping: true
+    }}
+}}
+agent {{
+    package_manager {{ type: pip }}
+    reload_config: false
+}}
+"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(conf)
 
 
 class StandInClient:

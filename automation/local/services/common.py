@@ -8,6 +8,7 @@ and `only_fields` projection with dotted paths.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -147,7 +148,7 @@ def order_and_page(docs: list[Doc], body: Doc) -> list[Doc]:
             continue
         desc = key.startswith("-")
         field = key.lstrip("-+")
-        docs.sort(key=lambda d, f=field: _sort_key(_get_path(d, f)[1]), reverse=desc)
+        docs.sort(key=functools.partial(_doc_sort_key, field), reverse=desc)
     page = body.get("page")
     size = body.get("page_size")
     if page is not None and size is not None:
@@ -158,6 +159,10 @@ def order_and_page(docs: list[Doc], body: Doc) -> list[Doc]:
     elif size is not None:
         docs = docs[: int(size)]
     return docs
+
+
+def _doc_sort_key(field: str, doc: Doc) -> tuple[int, Any]:
+    return _sort_key(_get_path(doc, field)[1])
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

@@ -67,7 +67,7 @@ def create(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         raise ApiError("Project name must be at least 3 characters long", subcode=Sub.VALIDATION)
     if find_by_name(ctx, name) is not None:
         raise ApiError(f"Project with the same name already exists: name={name}", subcode=Sub.PROJECT_EXISTS)
-    doc = ensure_project(ctx, name, **body)
+    doc = ensure_project(ctx, name, **{k: v for k, v in body.items() if k != "name"})
     return {"id": doc["id"]}
 
 

@@ -1,0 +1,407 @@
+"""Thin async layer over the ClearML REST API: submit, batch status, stop, find by identity, results.
+
+Why not the SDK here: `Task.create` costs ~10 calls per task and `get_status` one call per task
+per poll, and the SDK is synchronous (a blocked thread cannot be cancelled). This client speaks
+the same API the SDK speaks, with the SDK's own configuration (`ClearMLSettings`), creates a fully
+specified task in ONE `tasks.create` and enqueues it in one more, and reads the status of any
+number of tasks with ONE `tasks.get_all`. Transient faults (5xx, timeouts, dropped connections)
+are retried with backoff (tenacity); anything else surfaces as a typed error naming the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from automation.clearml_settings import ClearMLSettings
+from automation.results import TaskResult, group_single_values
+from automation.specs.base import ARGS_SECTION, TaskSpec
+
+log = logging.getLogger("automation.backend")
+
+IDENTITY_TAG = "identity:"
+FLOW_RUN_TAG = "prefect-flow-run:"
+TASK_RUN_TAG = "prefect-task-run:"
+KIND_TAG = "kind:"
+STATUS_FIELDS = ["id", "status", "status_message", "status_reason", "status_changed", "last_update",
+                 "runtime", "execution.queue", "started", "completed", "last_worker", "tags"]
+
+
+class BackendError(RuntimeError):
+    """A ClearML call that failed; the message names the server and the call."""
+
+
+class BackendUnavailable(BackendError):
+    """The server could not be reached (after bounded retries)."""
+
+
+class ApiCallError(BackendError):
+    def __init__(self, endpoint: str, code: int, subcode: int, msg: str) -> None:
+        super().__init__(f"{endpoint} failed: {code}/{subcode} {msg}")
+        self.endpoint = endpoint
+        self.code = code
+        self.subcode = subcode
+        self.msg = msg
+
+
+class QueueNotFound(BackendError):
+    pass
+
+
+class _Transient(Exception):
+    """A failure worth retrying: 5xx, timeout, connection reset/refused."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (_Transient, httpx.TransportError))
+
+
+class ClearMLBackend:
+    """One per process (or per event loop): holds the token, the HTTP pool and small caches."""
+
+    def __init__(
+        self,
+        settings: ClearMLSettings | None = None,
+        timeout_s: float = 30.0,
+        retry_for_s: float = 120.0,
+        connect_attempts: int = 3,
+    ) -> None:
+        self.settings = settings or ClearMLSettings.load()
+        self.timeout_s = timeout_s
+        self.retry_for_s = retry_for_s
+        self.connect_attempts = connect_attempts
+        self._client: httpx.AsyncClient | None = None
+        self._token: str | None = None
+        self._login_lock = asyncio.Lock()
+        self._projects: dict[str, str] = {}
+        self._queues: dict[str, str] = {}
+        self._queue_names: dict[str, str] = {}
+        self.calls = 0  # API calls made, for overhead measurements
+
+    # -- transport --------------------------------------------------------------------------
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                base_url=self.settings.api_host,
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _login(self) -> str:
+        async with self._login_lock:
+            if self._token:
+                return self._token
+            data = await self._send("auth.login", {}, auth=(self.settings.access_key,
+                                                            self.settings.secret_key.get_secret_value()))
+            self._token = str(data["token"])
+            return self._token
+
+    async def call(self, endpoint: str, body: Mapping[str, Any] | None = None,
+                   retry_for_s: float | None = None) -> dict[str, Any]:
+        """One API call, retried on transient failures; re-login once on an expired token."""
+        token = self._token or await self._login()
+        try:
+            return await self._send(endpoint, body or {}, token=token, retry_for_s=retry_for_s)
+        except ApiCallError as err:
+            if err.code != 401:
+                raise
+            self._token = None
+            return await self._send(endpoint, body or {}, token=await self._login(), retry_for_s=retry_for_s)
+
+    async def _send(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        token: str | None = None,
+        auth: tuple[str | bytes, str | bytes] | None = None,
+        retry_for_s: float | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        connect_failures = 0
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_transient),
+                stop=stop_after_delay(self.retry_for_s if retry_for_s is None else retry_for_s)
+                | stop_after_attempt(50),
+                wait=wait_exponential_jitter(initial=0.2, max=5.0),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        self.calls += 1
+                        res = await (
+                            self._http().post(f"/{endpoint}", json=dict(body), headers=headers, auth=auth)
+                            if auth is not None
+                            else self._http().post(f"/{endpoint}", json=dict(body), headers=headers)
+                        )
+                    except httpx.ConnectError:
+                        # A server that refuses connections is not coming back within a poll:
+                        # give up after a few tries so bad config fails in seconds.
+                        connect_failures += 1
+                        if connect_failures >= self.connect_attempts:
+                            raise BackendUnavailable(
+                                f"ClearML API server {self.settings.api_host} is unreachable "
+                                f"({endpoint}: connection refused {connect_failures} times)"
+                            ) from None
+                        raise
+                    return self._unwrap(endpoint, res)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"ClearML API server {self.settings.api_host} did not answer {endpoint}: "
+                f"{type(exc).__name__}: {exc}") from exc
+        except _Transient as exc:
+            raise BackendUnavailable(f"ClearML API server {self.settings.api_host}: {endpoint} kept "
+                                     f"failing: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unwrap(endpoint: str, res: httpx.Response) -> dict[str, Any]:
+        if res.status_code >= 500 or res.status_code in (408, 429):
+            raise _Transient(f"{endpoint}: HTTP {res.status_code}")
+        try:
+            payload = res.json()
+        except ValueError as exc:
+            raise _Transient(f"{endpoint}: non-JSON answer (HTTP {res.status_code})") from exc
+        meta = payload.get("meta") or {}
+        if res.status_code != 200 or meta.get("result_code", 200) != 200:
+            raise ApiCallError(endpoint, int(meta.get("result_code") or res.status_code),
+                               int(meta.get("result_subcode") or 0), str(meta.get("result_msg") or res.text))
+        return dict(payload.get("data") or {})
+
+    # -- projects and queues ------------------------------------------------------------------
+    async def project_id(self, name: str, create: bool = True) -> str:
+        if name in self._projects:
+            return self._projects[name]
+        found = (await self.call("projects.get_all", {"name": f"^{_re_escape(name)}$",
+                                                       "only_fields": ["id", "name"]}))["projects"]
+        found = [p for p in found if p.get("name") == name]
+        if found:
+            pid = str(found[0]["id"])
+        elif create:
+            pid = str((await self.call("projects.create", {"name": name, "description": ""}))["id"])
+        else:
+            raise BackendError(f"no ClearML project named '{name}'")
+        self._projects[name] = pid
+        return pid
+
+    async def queue_id(self, name: str) -> str:
+        """The queue's id; a missing queue is an error listing the queues that exist."""
+        if name in self._queues:
+            return self._queues[name]
+        queues = (await self.call("queues.get_all", {"only_fields": ["id", "name"]}))["queues"]
+        for q in queues:
+            self._queues[str(q["name"])] = str(q["id"])
+            self._queue_names[str(q["id"])] = str(q["name"])
+        if name not in self._queues:
+            known = ", ".join(sorted(str(q["name"]) for q in queues)) or "none"
+            raise QueueNotFound(f"ClearML queue '{name}' does not exist on {self.settings.api_host} "
+                                f"(queues: {known}); create it or pick another `queue`")
+        return self._queues[name]
+
+    async def queue_name(self, queue_id: str | None) -> str | None:
+        if not queue_id:
+            return None
+        if queue_id not in self._queue_names:
+            self._queues.clear()
+            with contextlib.suppress(QueueNotFound):
+                await self.queue_id("\0")
+        return self._queue_names.get(queue_id)
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def task_body(self, spec: TaskSpec, project_id: str, tags: Iterable[str] = (),
+                  properties: Mapping[str, str] | None = None, comment: str = "") -> dict[str, Any]:
+        """The complete tasks.create body for a spec: Args, configuration, script, packages,
+        container, tags and user properties, so no follow-up edit is needed."""
+        args = {
+            name: {"section": ARGS_SECTION, "name": name, "value": text, "type": marker}
+            for name, (text, marker) in spec.to_args().items()
+        }
+        hyperparams: dict[str, Any] = {ARGS_SECTION: args}
+        if properties:
+            hyperparams["properties"] = {
+                k: {"section": "properties", "name": k, "value": str(v), "type": "str"}
+                for k, v in properties.items()
+            }
+        configuration = {
+            name: {"name": name, "value": text, "type": "HOCON",
+                   "description": f"{spec.kind} spec field" if name != "automation_spec" else
+                   "kind and envelope of the TaskSpec this task was created from"}
+            for name, text in spec.to_configuration().items()
+        }
+        code = spec.code
+        script: dict[str, Any] = {
+            "entry_point": f"-m {spec.script_module}",
+            "working_dir": code.working_dir,
+            "binary": "python3",
+            "requirements": {"pip": "\n".join(spec.requirements())},
+            "diff": "",
+        }
+        if code.repository:
+            script.update({"repository": code.repository, "version_num": code.commit, "branch": ""})
+        identity = spec.identity()
+        all_tags = list(dict.fromkeys([*spec.tags, f"{KIND_TAG}{spec.kind}", f"{IDENTITY_TAG}{identity}",
+                                       *tags]))
+        body: dict[str, Any] = {
+            "name": spec.task_name(),
+            "project": project_id,
+            "type": "training" if spec.kind == "compress" else "testing" if spec.kind in (
+                "evaluate", "benchmark") else "custom",
+            "comment": comment or f"{spec.kind} task created from a TaskSpec (identity {identity})",
+            "tags": all_tags,
+            "hyperparams": hyperparams,
+            "configuration": configuration,
+            "script": script,
+        }
+        if spec.docker_image:
+            body["container"] = {"image": spec.docker_image, "arguments": spec.docker_args or "",
+                                 "setup_shell_script": ""}
+        return body
+
+    async def create(self, spec: TaskSpec, tags: Iterable[str] = (),
+                     properties: Mapping[str, str] | None = None,
+                     input_model_id: str | None = None) -> str:
+        body = self.task_body(spec, await self.project_id(spec.project), tags, properties)
+        if input_model_id:
+            body["models"] = {"input": [{"name": "input", "model": input_model_id}], "output": []}
+        return str((await self.call("tasks.create", body))["id"])
+
+    async def enqueue(self, task_id: str, queue: str) -> None:
+        await self.queue_id(queue)  # fail with the list of queues rather than a bare 400
+        await self.call("tasks.enqueue", {"task": task_id, "queue_name": queue,
+                                          "status_reason": "enqueued by automation"})
+
+    async def find_by_identity(self, identity: str, include_archived: bool = False) -> list[dict[str, Any]]:
+        """Tasks carrying the identity tag, newest first."""
+        body: dict[str, Any] = {
+            "tags": [f"{IDENTITY_TAG}{identity}"],
+            "only_fields": [*STATUS_FIELDS, "created", "name", "project"],
+            "order_by": ["-created"],
+        }
+        if not include_archived:
+            body["system_tags"] = ["-archived"]
+        return list((await self.call("tasks.get_all", body))["tasks"])
+
+    async def find_active_by_tag(self, tag: str) -> list[dict[str, Any]]:
+        body = {"tags": [tag], "status": ["created", "queued", "in_progress"],
+                "only_fields": ["id", "status", "name"]}
+        return list((await self.call("tasks.get_all", body))["tasks"])
+
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Status of any number of tasks in ONE call."""
+        if not task_ids:
+            return {}
+        data = await self.call("tasks.get_all", {"id": list(task_ids), "only_fields": STATUS_FIELDS,
+                                                  "search_hidden": True})
+        return {str(t["id"]): t for t in data["tasks"]}
+
+    async def stop(self, task_id: str, reason: str) -> str:
+        """Dequeue a queued task, stop a running one; returns what was done."""
+        info = (await self.statuses([task_id])).get(task_id)
+        status = (info or {}).get("status")
+        if status == "queued":
+            try:
+                await self.call("tasks.dequeue", {"task": task_id, "status_reason": reason})
+                await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
+                                                  "status_message": reason})
+                return "dequeued"
+            except ApiCallError:
+                status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+        if status in ("in_progress", "queued", "created"):
+            await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
+                                              "status_message": reason})
+            return "stopped"
+        return f"left ({status})"
+
+    async def log_tail(self, task_id: str, lines: int = 30) -> list[str]:
+        try:
+            data = await self.call("events.get_task_log", {"task": task_id, "batch_size": lines,
+                                                           "navigate_earlier": True, "order": "desc"})
+        except BackendError:
+            return []
+        events = list(reversed(data.get("events") or []))
+        out: list[str] = []
+        for ev in events:
+            out.extend(str(ev.get("msg", "")).rstrip("\n").splitlines())
+        return out[-lines:]
+
+    def web_url(self, task_id: str, project_id: str | None = None) -> str:
+        return f"{self.settings.web_host}/projects/{project_id or '*'}/experiments/{task_id}/output/log"
+
+    async def result(self, task_id: str, kind: str, identity: str, reused: bool = False) -> TaskResult:
+        """Read what a finished task reported into a small TaskResult."""
+        task = (await self.call("tasks.get_by_id", {"task": task_id}))["task"]
+        singles = await self.call("events.get_task_single_value_metrics", {"tasks": [task_id]})
+        raw_values: dict[str, float] = {}
+        for entry in singles.get("tasks") or []:
+            for val in entry.get("values") or []:
+                raw_values[str(val.get("variant") or val.get("metric"))] = float(val["value"])
+        scalars: dict[str, float] = {}
+        for metric in (task.get("last_metrics") or {}).values():
+            for variant in metric.values():
+                title, series = variant.get("metric"), variant.get("variant")
+                if title is not None and series is not None and variant.get("value") is not None \
+                        and title != "Summary":
+                    scalars[f"{title}/{series}"] = float(variant["value"])
+        artifacts = {str(a["key"]): str(a.get("uri") or "")
+                     for a in (task.get("execution") or {}).get("artifacts") or []
+                     if a.get("mode", "output") == "output"}
+        model_id = model_url = None
+        outputs = (task.get("models") or {}).get("output") or []
+        if outputs:
+            model_id = str(outputs[-1].get("model"))
+            try:
+                model = (await self.call("models.get_by_id", {"model": model_id}))["model"]
+                model_url = model.get("uri")
+            except ApiCallError:
+                model_url = None
+        return TaskResult(
+            task_id=task_id,
+            kind=kind,
+            identity=identity,
+            status=task.get("status", "unknown"),
+            web_url=self.web_url(task_id, task.get("project")),
+            queue=await self.queue_name((task.get("execution") or {}).get("queue")),
+            status_message=str(task.get("status_message") or ""),
+            scalars=scalars,
+            values=group_single_values(raw_values),
+            artifacts=artifacts,
+            model_id=model_id,
+            model_url=model_url,
+            started=_ts(task.get("started")),
+            completed=_ts(task.get("completed")),
+            reused=reused,
+        )
+
+
+def _ts(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _re_escape(name: str) -> str:
+    import re
+
+    return re.escape(name)

@@ -1,0 +1,53 @@
+"""Why a ClearML task did not complete: code error, infrastructure, or out of memory.
+
+The classification decides what a retry may do: a code error is not retried (the same code on the
+same input fails the same way), an infrastructure failure is retried as is, and an out-of-memory
+failure is retried on the next, larger queue of the spec's escalation list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from enum import StrEnum
+
+
+class FailureKind(StrEnum):
+    CODE = "code_error"
+    INFRASTRUCTURE = "infrastructure"
+    OUT_OF_MEMORY = "out_of_memory"
+
+
+_OOM = re.compile(
+    r"(CUDA out of memory|OutOfMemoryError|out of memory|CUBLAS_STATUS_ALLOC_FAILED|"
+    r"HIP out of memory|Killed process .* \(oom|oom-kill|MemoryError)",
+    re.IGNORECASE,
+)
+# Signs that the process was taken away rather than failing on its own.
+_INFRA = re.compile(
+    r"(agent (lost|disconnected|restarted)|worker (lost|died)|preempt|spot instance|"
+    r"killed by signal|signal 9|SIGKILL|exit code -9|returned -9|process (was )?killed|"
+    r"Task was reset|reset by|No heartbeat|connection (reset|refused)|Docker.*(failed|error))",
+    re.IGNORECASE,
+)
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception): ", re.MULTILINE)
+
+
+def classify(status: str, status_message: str = "", status_reason: str = "",
+             log_tail: Sequence[str] = ()) -> FailureKind:
+    """Classify a task that ended failed/stopped (not stopped by us)."""
+    text = "\n".join([status_message or "", status_reason or "", *log_tail])
+    if _OOM.search(status_message or "") or _OOM.search(status_reason or ""):
+        return FailureKind.OUT_OF_MEMORY
+    if status == "stopped":
+        # Stopped by someone or something other than this orchestrator: the server reset it, an
+        # agent abort, a preemption. Retrying is safe.
+        return FailureKind.INFRASTRUCTURE
+    if _OOM.search(text):
+        return FailureKind.OUT_OF_MEMORY
+    if _INFRA.search(status_message or "") or _INFRA.search(status_reason or ""):
+        return FailureKind.INFRASTRUCTURE
+    if _TRACEBACK.search(text):
+        return FailureKind.CODE
+    # Failed without a traceback of its own: the process died (killed, segfault, lost agent).
+    return FailureKind.INFRASTRUCTURE

@@ -1,0 +1,72 @@
+"""Typed results shared by the ClearML side (scripts, backend) and the Prefect side (flows).
+
+What flows between steps is small JSON: ids, URLs, numbers. Never weights.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Single values reported by core scripts may carry their uncertainty in companion values named
+# `<metric>:stderr` and `<metric>:n` (sample count); readers group them into MetricValue.
+STDERR_SUFFIX = ":stderr"
+SAMPLES_SUFFIX = ":n"
+
+TaskStatus = Literal[
+    "created", "queued", "in_progress", "stopped", "published", "publishing", "closed", "failed",
+    "completed", "unknown",
+]
+ACTIVE_STATUSES = frozenset({"created", "queued", "in_progress"})
+SUCCESS_STATUSES = frozenset({"completed", "published", "closed"})
+
+
+class MetricValue(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    stderr: float | None = None
+    samples: int | None = Field(None, description="number of samples the value was computed from")
+
+
+class TaskResult(BaseModel):
+    """What a finished ClearML task hands downstream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    kind: str
+    identity: str
+    status: TaskStatus
+    web_url: str
+    queue: str | None = None
+    status_message: str = ""
+    scalars: dict[str, float] = Field(default_factory=dict, description="last value per 'title/series'")
+    values: dict[str, MetricValue] = Field(default_factory=dict, description="single values with n/stderr")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="artifact URL by name")
+    model_id: str | None = None
+    model_url: str | None = None
+    started: datetime | None = None
+    completed: datetime | None = None
+    reused: bool = Field(False, description="an earlier task with the same identity was returned")
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started and self.completed:
+            return (self.completed - self.started).total_seconds()
+        return None
+
+
+def group_single_values(raw: dict[str, float]) -> dict[str, MetricValue]:
+    """`{"acc": .9, "acc:stderr": .01, "acc:n": 100}` -> `{"acc": MetricValue(.9, .01, 100)}`."""
+    out: dict[str, MetricValue] = {}
+    for name, value in raw.items():
+        if name.endswith((STDERR_SUFFIX, SAMPLES_SUFFIX)):
+            continue
+        stderr = raw.get(name + STDERR_SUFFIX)
+        samples = raw.get(name + SAMPLES_SUFFIX)
+        out[name] = MetricValue(value=float(value), stderr=None if stderr is None else float(stderr),
+                                samples=None if samples is None else int(samples))
+    return out

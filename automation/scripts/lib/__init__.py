@@ -1,0 +1,49 @@
+"""Plain, typed ML building blocks for the core scripts (compress, evaluate, benchmark).
+
+Each module returns a small JSON-serialisable dict. Heavy libraries are imported inside the
+functions, so importing this package (or `tiny_model.tiny_corpus`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (and of its waited-for children) in MiB.
+
+    Each step runs in its own process, so the lifetime peak is the step's peak.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss is KiB on Linux but bytes on macOS.
+    scale = 1 / (1024 * 1024) if sys.platform == "darwin" else 1 / 1024
+    return round(max(own, children) * scale, 1)
+
+
+def dir_size_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def weights_size_bytes(path: Path) -> int:
+    """Bytes of weight files only, so that tokenizer and config files do not blur the ratio."""
+    return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) + sum(
+        p.stat().st_size for p in Path(path).glob("*.bin")
+    )
+
+
+def set_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))

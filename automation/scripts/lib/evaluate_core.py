@@ -1,0 +1,236 @@
+"""Evaluate a model directory on lm-eval tasks (local YAML suites or lm-eval's own)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from automation.scripts.lib import peak_rss_mb, set_offline_env, write_json
+
+Backend = Literal["hf", "vllm"]
+# Loaders whose data_files lm-eval resolves against the CWD rather than the YAML's directory.
+_FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
+
+
+class _Tagged:
+    """A YAML node with a custom tag (`!function module.fn`) kept verbatim across the rewrite."""
+
+    def __init__(self, tag: str, value: str) -> None:
+        self.tag, self.value = tag, value
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Loader.add_multi_constructor("!", lambda loader, suffix, node: _Tagged("!" + suffix, node.value))
+_Dumper.add_representer(_Tagged, lambda dumper, data: dumper.represent_scalar(data.tag, data.value))
+
+
+def _absolutise(data_files: Any, base: Path) -> Any:
+    if isinstance(data_files, str):
+        candidate = base / data_files
+        return str(candidate.resolve()) if candidate.exists() else data_files
+    if isinstance(data_files, list):
+        return [_absolutise(item, base) for item in data_files]
+    if isinstance(data_files, dict):
+        return {split: _absolutise(files, base) for split, files in data_files.items()}
+    return data_files
+
+
+def resolve_include_path(include_path: Path, dest: Path) -> Path:
+    """Copy a suite's YAMLs (and helper .py files) to `dest` with absolute `data_files`.
+
+    Data files themselves are not copied: the rewritten YAML points at them where they are.
+    """
+    include_path = Path(include_path).resolve()
+    for src in include_path.rglob("*"):
+        rel = src.relative_to(include_path)
+        target = dest / rel
+        if src.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".py":
+            shutil.copy2(src, target)
+        elif src.suffix in {".yaml", ".yml"}:
+            doc = yaml.load(src.read_text(), Loader=_Loader)  # a SafeLoader subclass
+            if isinstance(doc, dict) and doc.get("dataset_path") in _FILE_LOADERS:
+                kwargs = doc.get("dataset_kwargs") or {}
+                if "data_files" in kwargs:
+                    kwargs["data_files"] = _absolutise(kwargs["data_files"], src.parent)
+            target.write_text(yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
+    return dest
+
+
+def _model_spec(
+    model_dir: Path, backend: Backend, dtype: str, vllm_args: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    if backend == "hf":
+        # device goes to simple_evaluate, which forwards it; also naming it here is an error.
+        return "hf", {"pretrained": str(model_dir), "dtype": dtype}
+    if backend == "vllm":
+        # GPU path: cannot run on the CPU machines; the defaults mirror a single-GPU eval.
+        args = {
+            "pretrained": str(model_dir),
+            "dtype": dtype,
+            "tensor_parallel_size": 1,
+            "gpu_memory_utilization": 0.8,
+            "max_model_len": 4096,
+        }
+        args.update(vllm_args or {})
+        return "vllm", args
+    raise ValueError(f"unknown backend {backend!r}; expected 'hf' or 'vllm'")
+
+
+def _clean(value: Any) -> Any:
+    # lm-eval reports "N/A" stderrs and NaN/inf for undefined ones; JSON wants null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, int | float) else None
+
+
+def _metrics_of(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"acc,none": v, "acc_stderr,none": s}` -> `{"acc": {"value": v, "stderr": s}}`.
+
+    The filter name is dropped for the default filter "none" and kept otherwise
+    (`exact_match,strip`), so names are stable and reversible.
+    """
+    metrics: dict[str, dict[str, Any]] = {}
+    for key, value in entry.items():
+        if "," not in key or "_stderr," in key:
+            continue
+        metric, filt = key.split(",", 1)
+        name = metric if filt == "none" else key
+        metrics[name] = {"value": _clean(value), "stderr": _clean(entry.get(f"{metric}_stderr,{filt}"))}
+    return metrics
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Reduce lm-eval's results to per-task metrics, sample counts and group averages."""
+    group_names = set(results.get("groups", {}))
+    tasks: dict[str, Any] = {}
+    for task, entry in results.get("results", {}).items():
+        if task in group_names:
+            continue
+        n = results.get("n-samples", {}).get(task, {})
+        tasks[task] = {
+            "metrics": _metrics_of(entry),
+            "higher_is_better": results.get("higher_is_better", {}).get(task, {}),
+            "n_samples": n.get("effective"),
+            "n_samples_total": n.get("original"),
+        }
+    groups = {
+        name: {"metrics": _metrics_of(entry), "subtasks": results.get("group_subtasks", {}).get(name, [])}
+        for name, entry in results.get("groups", {}).items()
+    }
+    return {"tasks": tasks, "groups": groups}
+
+
+def evaluate(
+    model_dir: Path,
+    tasks: list[str],
+    include_path: Path | None = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int | str = 8,
+    backend: Backend = "hf",
+    device: str = "cpu",
+    dtype: str = "auto",
+    vllm_args: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run lm-eval's `simple_evaluate` and return a small summary.
+
+    `include_path` is a directory of task YAMLs (e.g. `automation.standards.suite_dir("tiny")`);
+    with it only those tasks are indexed (`include_defaults=False`, ~5 s faster), without it
+    lm-eval's built-in tasks are used.
+    """
+    set_offline_env()
+    start = time.monotonic()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="lmeval-suite-") as tmp:
+        if include_path is not None:
+            resolved = resolve_include_path(Path(include_path), Path(tmp))
+            manager = TaskManager(include_path=str(resolved), include_defaults=False)
+        else:
+            manager = TaskManager()
+        model, model_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args)
+        eval_start = time.monotonic()
+        results = lm_eval.simple_evaluate(
+            model=model,
+            model_args=model_args,
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            task_manager=manager,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if results is None:  # only non-zero ranks of a distributed run get None
+        raise RuntimeError("lm-eval returned no results")
+    summary = summarise(results)
+    summary.update(
+        {
+            "model_dir": str(model_dir),
+            "backend": backend,
+            "requested_tasks": list(tasks),
+            "num_fewshot": num_fewshot,
+            "limit": limit,
+            "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
+            "eval_s": round(time.monotonic() - eval_start, 2),
+            "wall_s": round(time.monotonic() - start, 2),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--tasks", required=True, help="comma-separated task or group names")
+    parser.add_argument("--include-path", type=Path, default=None)
+    parser.add_argument("--suite", default=None, help="named suite under automation/standards/suites")
+    parser.add_argument("--num-fewshot", type=int, default=None)
+    parser.add_argument("--limit", type=float, default=None)
+    parser.add_argument("--batch-size", default="8")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    include = args.include_path
+    if args.suite:
+        from automation.standards import suite_dir
+
+        include = suite_dir(args.suite)
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    result = evaluate(
+        args.model, args.tasks.split(","), include, args.num_fewshot, limit, batch, args.backend, args.device
+    )
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""What every core script shares: reading its spec back, reporting, and failing clearly.
+
+Under an agent the spec comes from the ClearML task (`spec_from_current_task`); run directly
+(`python -m automation.scripts.<kind> --spec spec.json [--out DIR]`) it comes from a JSON file
+and goes through the same reading code (encoded to the task form and decoded again), and results
+land in `DIR/results.json` instead of ClearML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from automation.specs.base import META_CONFIG, SpecError, TaskSpec
+from automation.specs.hocon import loads
+from automation.specs.registry import get_kind
+
+
+class Reporter(Protocol):
+    """Where a core script's results go: the ClearML task, or a local directory."""
+
+    def progress(self, percent: float, message: str = "") -> None: ...
+    def scalar(self, title: str, series: str, value: float, iteration: int = 0) -> None: ...
+    def single_value(self, name: str, value: float) -> None: ...
+    def artifact(self, name: str, obj: Any) -> None: ...
+    def output_model(self, path: Path, name: str, framework: str = "PyTorch",
+                     tags: tuple[str, ...] = ()) -> str | None: ...
+    def input_model(self) -> Path | None: ...
+    def log(self, message: str) -> None: ...
+
+
+def spec_from_task(task: Any) -> TaskSpec:
+    """Rebuild a spec from a clearml Task object (Args with their types + configuration)."""
+    data = task.data
+    hyper = data.hyperparams or {}
+    args_section = hyper.get("Args") or {}
+    args = {name: (getattr(p, "value", None), getattr(p, "type", None)) for name, p in args_section.items()}
+    configuration = {name: (item.value or "") for name, item in (data.configuration or {}).items()}
+    if META_CONFIG not in configuration:
+        raise SpecError(f"task {task.id} has no '{META_CONFIG}' configuration object: it was not "
+                        "created from a TaskSpec (submit it with `automation task submit`)")
+    kind = loads(configuration[META_CONFIG], what=META_CONFIG).get("kind")
+    return get_kind(str(kind)).from_task_form(args, configuration)
+
+
+def spec_from_current_task() -> TaskSpec:
+    from clearml import Task
+
+    task: Any = Task.current_task() or Task.init()
+    return spec_from_task(task)
+
+
+def spec_from_file(path: Path, expected_kind: str | None = None) -> TaskSpec:
+    """A spec.json (`{"kind": ..., ...fields}`) read through the same task-form decoding."""
+    raw = json.loads(path.read_text())
+    kind = raw.pop("kind", expected_kind)
+    if kind is None:
+        raise SpecError(f"{path}: no 'kind' field")
+    cls = get_kind(str(kind))
+    from automation.specs.base import build
+
+    spec = build(cls, raw)
+    return cls.from_task_form(spec.to_args(), spec.to_configuration())
+
+
+class ClearMLReporter:
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self.logger = task.get_logger()
+
+    def progress(self, percent: float, message: str = "") -> None:
+        self.task.set_progress(int(max(0, min(100, percent))))
+        if message:
+            print(f"[progress {percent:.0f}%] {message}", flush=True)
+
+    def scalar(self, title: str, series: str, value: float, iteration: int = 0) -> None:
+        self.logger.report_scalar(title=title, series=series, value=float(value), iteration=iteration)
+
+    def single_value(self, name: str, value: float) -> None:
+        self.logger.report_single_value(name, float(value))
+
+    def artifact(self, name: str, obj: Any) -> None:
+        self.task.upload_artifact(name=name, artifact_object=str(obj) if isinstance(obj, Path) else obj,
+                                  wait_on_upload=True)
+
+    def output_model(self, path: Path, name: str, framework: str = "PyTorch",
+                     tags: tuple[str, ...] = ()) -> str | None:
+        from clearml import OutputModel
+
+        model = OutputModel(task=self.task, name=name, framework=framework, tags=list(tags))
+        model.update_weights_package(weights_path=str(path), auto_delete_file=False) if path.is_dir() else \
+            model.update_weights(weights_filename=str(path), auto_delete_file=False)
+        return str(model.id)
+
+    def input_model(self) -> Path | None:
+        models = self.task.models.get("input") or []
+        if not models:
+            return None
+        return Path(models[-1].get_local_copy(raise_on_error=True))
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+
+class LocalReporter:
+    """Direct runs: everything goes to DIR/results.json (artifacts and models as paths)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {"scalars": {}, "single_values": {}, "artifacts": {}, "models": {}}
+
+    def _save(self) -> None:
+        (self.out_dir / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def progress(self, percent: float, message: str = "") -> None:
+        print(f"[progress {percent:.0f}%] {message}", flush=True)
+
+    def scalar(self, title: str, series: str, value: float, iteration: int = 0) -> None:
+        self.results["scalars"].setdefault(f"{title}/{series}", {})[str(iteration)] = float(value)
+        self._save()
+
+    def single_value(self, name: str, value: float) -> None:
+        self.results["single_values"][name] = float(value)
+        self._save()
+
+    def artifact(self, name: str, obj: Any) -> None:
+        if isinstance(obj, Path):
+            self.results["artifacts"][name] = str(obj)
+        else:
+            target = self.out_dir / f"{name}.json"
+            target.write_text(json.dumps(obj, indent=2, default=str))
+            self.results["artifacts"][name] = str(target)
+        self._save()
+
+    def output_model(self, path: Path, name: str, framework: str = "PyTorch",
+                     tags: tuple[str, ...] = ()) -> str | None:
+        self.results["models"][name] = str(path)
+        self._save()
+        return None
+
+    def input_model(self) -> Path | None:
+        return None
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+
+CoreMain = Callable[[TaskSpec, Reporter], None]
+
+
+def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
+    """Entry point of every core script."""
+    parser = argparse.ArgumentParser(prog=f"automation.scripts.{kind}")
+    parser.add_argument("--spec", type=Path, help="run directly from a spec JSON file (no ClearML)")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="results directory for --spec runs")
+    args = parser.parse_args(argv)
+    if args.spec:
+        spec = spec_from_file(args.spec, expected_kind=kind)
+        main(spec, LocalReporter(args.out))
+        return
+
+    from clearml import Task
+
+    task: Any = Task.init()  # under an agent: attaches to the task the agent runs
+    started = time.monotonic()
+    try:
+        spec = spec_from_task(task)
+        if spec.kind != kind:
+            raise SpecError(f"task holds a '{spec.kind}' spec but runs the '{kind}' script")
+        main(spec, ClearMLReporter(task))
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        message = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        sys.stdout.flush()
+        task.get_logger().report_text(message)
+        task.flush(wait_for_uploads=True)
+        # status_message carries the cause (the bridge classifies failures from it).
+        task.mark_failed(status_reason=message[:255], status_message=message[:2000], force=True)
+        os._exit(1)  # mark_failed already told the server; skip the SDK's own atexit re-marking
+    finally:
+        print(f"core script wall time: {time.monotonic() - started:.2f} s", flush=True)

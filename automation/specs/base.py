@@ -1,0 +1,295 @@
+"""`TaskSpec`: the typed, frozen description of one unit of GPU work, and its ClearML form.
+
+A spec has two kinds of fields:
+- the envelope every kind shares (project, name, queue, docker, tags, packages, code ref),
+  which maps onto the ClearML task's own fields;
+- the kind's fields: scalars become ClearML **Args** (flat, overridable hyperparameters with
+  a typed round trip), nested values become **configuration objects** (HOCON), as the tool we
+  replace split them.
+
+`identity()` hashes what changes the output and nothing that does not: fields declared with
+`volatile(...)` (queue, names, tags, timeouts, ...) are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from automation.specs import hocon
+from automation.specs.packages import PackageError, merge
+
+ARGS_SECTION = "Args"
+META_CONFIG = "automation_spec"  # configuration object holding kind + envelope
+SCHEMA_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built or read back; the message names the field(s) and the fix."""
+
+
+def volatile(default: Any = ..., **kwargs: Any) -> Any:
+    """A field that never changes the task's output (excluded from `identity()`)."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra["volatile"] = True
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class CodeRef(BaseModel):
+    """The code the agent runs: a repository at a pinned commit, or (local stack) the working
+    tree of the environment the agent runs in. Never a moving branch head."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repository: str | None = Field(None, description="git URL; None = the agent's installed working tree")
+    commit: str | None = Field(None, description="full 40-hex commit id; required with a repository")
+    working_dir: str = Field(".", description="directory the module runs from, relative to the repo root")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> CodeRef:
+        if self.repository and not self.commit:
+            raise ValueError("code.commit is required with code.repository (pin the commit; a branch "
+                             "head moves under a running sweep)")
+        if self.commit and not _COMMIT.match(self.commit):
+            raise ValueError(f"code.commit must be a full 40-hex commit id, got '{self.commit}' "
+                             "(resolve it with `git rev-parse <ref>`)")
+        if self.commit and not self.repository:
+            raise ValueError("code.commit given without code.repository")
+        return self
+
+    @property
+    def is_working_tree(self) -> bool:
+        return self.repository is None
+
+
+def _is_nested(annotation: Any) -> bool:
+    """True for values that belong in a configuration object rather than flat Args."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_nested(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin is typing.Annotated:
+        return _is_nested(typing.get_args(annotation)[0])
+    if origin in (Literal,):
+        return False
+    if origin is not None:  # list[...], dict[...], tuple[...]
+        return True
+    if isinstance(annotation, type):
+        return issubclass(annotation, (BaseModel, Mapping, list, tuple, set))
+    return False
+
+
+def _allows(annotation: Any, kind: type) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_allows(a, kind) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _allows(typing.get_args(annotation)[0], kind)
+    return annotation is kind
+
+
+def encode_arg(value: Any) -> tuple[str, str]:
+    """A scalar as ClearML parameter (text, type); the type makes None distinguishable."""
+    if value is None:
+        return "", "none"
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return ("true" if value else "false"), "bool"
+    if isinstance(value, int):
+        return str(value), "int"
+    if isinstance(value, float):
+        return repr(value), "float"
+    return str(value), "str"
+
+
+def decode_arg(name: str, text: str | None, type_marker: str | None, annotation: Any) -> Any:
+    """Inverse of encode_arg, driven by the field's annotation (a UI edit may change the text
+    but leaves the type marker as it was)."""
+    text = "" if text is None else str(text)
+    allows_none = _allows(annotation, type(None))
+    if allows_none and (
+        (text == "" and type_marker == "none")
+        or (text.strip().lower() in ("none", "null") and not _allows(annotation, str))
+        or (text == "" and not _allows(annotation, str))
+    ):
+        return None
+    if _allows(annotation, str) and not any(_allows(annotation, t) for t in (int, float, bool)):
+        return text
+    try:
+        return TypeAdapter(annotation).validate_python(text)
+    except ValidationError as exc:
+        msg = exc.errors()[0].get("msg", str(exc))
+        raise SpecError(f"Args/{name}: '{text}' is not a valid value ({msg})") from exc
+
+
+class TaskSpec(BaseModel):
+    """Base of every task kind. Subclasses set `kind` and `script_module` and add fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    kind: ClassVar[str] = ""
+    script_module: ClassVar[str] = ""
+    base_packages: ClassVar[tuple[str, ...]] = ()
+    # Kind-specific fields that never reach the task's Args/configuration (rare).
+    local_only: ClassVar[frozenset[str]] = frozenset()
+
+    project: str = volatile("llm-automation", description="ClearML project (a/b for nesting)",
+                            min_length=3)
+    name: str | None = volatile(None, description="ClearML task name (default: kind-<identity>)")
+    queue: str = volatile("gpu", description="ClearML queue the task is enqueued on", min_length=1)
+    queue_escalation: tuple[str, ...] = volatile(
+        (), description="queues to retry on, in order, when the task runs out of memory")
+    docker_image: str | None = volatile(None, description="container image the agent runs the task in")
+    docker_args: str | None = volatile(None, description="extra `docker run` arguments")
+    tags: tuple[str, ...] = volatile((), description="extra ClearML tags")
+    packages: tuple[str, ...] = Field((), description="extra pip requirements (a pinned one wins)")
+    code: CodeRef = Field(default_factory=CodeRef, description="code the agent runs (pinned)")
+
+    ENVELOPE: ClassVar[tuple[str, ...]] = (
+        "project", "name", "queue", "queue_escalation", "docker_image", "docker_args", "tags",
+        "packages", "code",
+    )
+
+    @field_validator("packages")
+    @classmethod
+    def _valid_packages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return merge(value)
+        except PackageError as exc:
+            raise ValueError(str(exc)) from exc
+
+    # -- derived ---------------------------------------------------------------------------
+    def requirements(self) -> tuple[str, ...]:
+        """The kind's own packages merged with the spec's (a pinned requirement wins)."""
+        return merge(self.base_packages, self.packages)
+
+    def expected_duration_s(self) -> float | None:
+        """A hint for the poller (poll faster near the expected end); None when unknown."""
+        return None
+
+    def task_name(self) -> str:
+        return self.name or f"{self.kind}-{self.identity()[:8]}"
+
+    @classmethod
+    def kind_fields(cls) -> list[str]:
+        return [n for n in cls.model_fields if n not in cls.ENVELOPE and n not in cls.local_only]
+
+    @classmethod
+    def arg_fields(cls) -> list[str]:
+        return [n for n in cls.kind_fields() if not _is_nested(cls.model_fields[n].annotation)]
+
+    @classmethod
+    def config_fields(cls) -> list[str]:
+        return [n for n in cls.kind_fields() if _is_nested(cls.model_fields[n].annotation)]
+
+    @classmethod
+    def volatile_fields(cls) -> set[str]:
+        out = set()
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and extra.get("volatile"):
+                out.add(name)
+        return out
+
+    def identity_payload(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude=self.volatile_fields())
+        data["packages"] = sorted(self.requirements())
+        return {"kind": self.kind, "schema": SCHEMA_VERSION, "spec": data}
+
+    def identity(self) -> str:
+        """Stable across processes and machines: sha256 of canonical JSON, 32 hex chars."""
+        canonical = json.dumps(self.identity_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+    # -- ClearML form ------------------------------------------------------------------------
+    def to_args(self) -> dict[str, tuple[str, str]]:
+        return {name: encode_arg(getattr(self, name)) for name in self.arg_fields()}
+
+    def to_configuration(self) -> dict[str, str]:
+        """Configuration objects (HOCON text) by name: one per nested field, plus the envelope."""
+        dumped = self.model_dump(mode="json")
+        out = {name: hocon.dumps({name: dumped[name]}) for name in self.config_fields()}
+        envelope = {name: dumped[name] for name in self.ENVELOPE}
+        out[META_CONFIG] = hocon.dumps({"kind": self.kind, "schema": SCHEMA_VERSION, "envelope": envelope})
+        return out
+
+    @classmethod
+    def from_task_form(
+        cls,
+        args: Mapping[str, tuple[str | None, str | None]],
+        configuration: Mapping[str, str],
+    ) -> TaskSpec:
+        """Rebuild the spec from Args (text, type) and configuration texts; errors name fields."""
+        values: dict[str, Any] = {}
+        meta = hocon.loads(configuration.get(META_CONFIG, "{}"), what=f"configuration '{META_CONFIG}'")
+        if meta.get("kind") not in (None, cls.kind):
+            raise SpecError(f"this task holds a '{meta.get('kind')}' spec, not '{cls.kind}'")
+        values.update(meta.get("envelope") or {})
+        problems: list[str] = []
+        for name in cls.arg_fields():
+            if name not in args:
+                info = cls.model_fields[name]
+                if info.is_required():
+                    problems.append(f"Args/{name}: missing (required)")
+                continue
+            text, marker = args[name]
+            try:
+                values[name] = decode_arg(name, text, marker, cls.model_fields[name].annotation)
+            except SpecError as exc:
+                problems.append(str(exc))
+        for name in cls.config_fields():
+            if name not in configuration:
+                if cls.model_fields[name].is_required():
+                    problems.append(f"configuration '{name}': missing (required)")
+                continue
+            try:
+                parsed = hocon.loads(configuration[name], what=f"configuration '{name}'")
+            except hocon.HoconError as exc:
+                problems.append(str(exc))
+                continue
+            values[name] = parsed.get(name, parsed)
+        unknown = sorted(set(args) - set(cls.arg_fields()))
+        if unknown:
+            problems.append(f"Args: unknown parameter(s) {unknown} for kind '{cls.kind}' "
+                            f"(known: {cls.arg_fields()})")
+        if problems:
+            raise SpecError("; ".join(problems))
+        return build(cls, values)
+
+
+def build(cls: type[TaskSpec], values: Mapping[str, Any]) -> TaskSpec:
+    """Validate values into a spec, turning pydantic errors into one SpecError naming fields."""
+    try:
+        return cls.model_validate(dict(values))
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(cls.kind or cls.__name__, exc)) from exc
+
+
+def format_validation_error(kind: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(spec)"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (check the spelling; `automation task fields KIND` lists them)"
+        parts.append(f"{loc}: {msg}")
+    return f"invalid {kind} spec: " + "; ".join(parts)

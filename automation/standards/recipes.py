@@ -1,0 +1,202 @@
+"""Named llm-compressor recipe templates and their typed arguments.
+
+A recipe file holds `description`, `arguments` (a small typed schema), optional `data` (lookup
+tables, e.g. SmoothQuant mappings per architecture family) and `template`: Jinja2 text that
+renders to an llm-compressor recipe. Values enter the template only through the `yaml` filter
+(JSON, a subset of YAML), so an argument keeps its type and cannot inject YAML structure.
+
+No ML library is imported here: a spec can be validated (unknown argument, bad type, a group size
+that does not divide the model's dimensions) before anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import jinja2
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+# model_type (config.json) -> SmoothQuant family key used by the w8a8 template.
+MODEL_TYPE_FAMILIES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "mixtral": "mixtral",
+    "qwen2_moe": "qwen2_moe",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe name, template or argument is invalid; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    name: str
+    type: str
+    default: Any = None
+    nullable: bool = False
+    choices: list[Any] | None = None
+    min: float | None = None
+    max: float | None = None
+    divides: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecipeTemplate:
+    name: str
+    description: str
+    arguments: dict[str, ArgSpec]
+    data: dict[str, Any]
+    template: str
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _parse_template(name: str, text: str) -> RecipeTemplate:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {name!r} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or "template" not in doc:
+        raise RecipeError(f"recipe {name!r} has no 'template' key")
+    args = {}
+    for arg_name, spec in (doc.get("arguments") or {}).items():
+        unknown = set(spec) - {"type", "default", "nullable", "choices", "min", "max", "divides", "help"}
+        if unknown:
+            raise RecipeError(f"recipe {name!r}: argument {arg_name!r} has unknown keys {sorted(unknown)}")
+        spec = {k: v for k, v in spec.items() if k != "help"}
+        args[arg_name] = ArgSpec(name=arg_name, **spec)
+    return RecipeTemplate(
+        name=name,
+        description=str(doc.get("description", "")),
+        arguments=args,
+        data=doc.get("data") or {},
+        template=str(doc["template"]),
+    )
+
+
+def load_template(name_or_text: str) -> RecipeTemplate:
+    """A shipped recipe by name, or template text in the same file format."""
+    path = RECIPES_DIR / f"{name_or_text}.yaml"
+    if "\n" not in name_or_text and path.is_file():
+        return _parse_template(name_or_text, path.read_text())
+    if "\n" not in name_or_text and ":" not in name_or_text:
+        raise RecipeError(f"unknown recipe {name_or_text!r}; known: {recipe_names()}")
+    return _parse_template("<inline>", name_or_text)
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_value(recipe: str, spec: ArgSpec, value: Any) -> Any:
+    where = f"recipe {recipe!r}: argument {spec.name!r}"
+    if value is None:
+        if not spec.nullable:
+            raise RecipeError(f"{where} must not be null")
+        return None
+    base, _, item = spec.type.partition("[")
+    if base == "list":
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where} must be a list, got {type(value).__name__}")
+        if item.rstrip("]") == "str" and not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"{where} must be a list of strings")
+        value = list(value)
+    elif base in _SCALARS:
+        # bool is an int subclass in Python; reject it where a number is meant.
+        if not isinstance(value, _SCALARS[base]) or (base != "bool" and isinstance(value, bool)):
+            raise RecipeError(f"{where} must be {base}, got {type(value).__name__} {value!r}")
+        if base == "float":
+            value = float(cast(float, value))  # an int given for a float argument renders as 1.0, not 1
+    else:
+        raise RecipeError(f"{where} has unsupported type {spec.type!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise RecipeError(f"{where} must be one of {spec.choices}, got {value!r}")
+    if spec.min is not None and value < spec.min:
+        raise RecipeError(f"{where} must be >= {spec.min}, got {value!r}")
+    if spec.max is not None and value > spec.max:
+        raise RecipeError(f"{where} must be <= {spec.max}, got {value!r}")
+    return value
+
+
+def resolve_arguments(template: RecipeTemplate, args: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults overlaid with `args`, each checked against its spec."""
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(template.arguments))
+    if unknown:
+        raise RecipeError(
+            f"recipe {template.name!r}: unknown argument(s) {unknown}; known: {sorted(template.arguments)}"
+        )
+    return {
+        name: _check_value(template.name, spec, args.get(name, spec.default))
+        for name, spec in template.arguments.items()
+    }
+
+
+def _yaml_value(value: Any) -> str:
+    # JSON is valid YAML flow syntax and quotes every string, so "re:.*" or "yes" stay strings.
+    return json.dumps(value)
+
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV.filters["yaml"] = _yaml_value
+
+
+def render_recipe(name_or_text: str, args: dict[str, Any] | None = None) -> str:
+    """Render a recipe template to llm-compressor recipe YAML text.
+
+    Raises RecipeError for an unknown recipe or argument, a wrong type or value, or a template
+    that does not render to a mapping of stages.
+    """
+    template = load_template(name_or_text)
+    values = resolve_arguments(template, args)
+    try:
+        text = _ENV.from_string(template.template).render(**values, data=template.data)
+    except jinja2.TemplateError as exc:
+        raise RecipeError(f"recipe {template.name!r} failed to render: {exc}") from exc
+    rendered = yaml.safe_load(text)
+    if not isinstance(rendered, dict) or not all(isinstance(v, dict) for v in rendered.values()):
+        raise RecipeError(f"recipe {template.name!r} did not render to a mapping of stages")
+    return text
+
+
+def check_recipe_applies(name_or_text: str, args: dict[str, Any] | None, model_dims: dict[str, int]) -> None:
+    """Raise RecipeError if an argument does not fit the model.
+
+    `model_dims` holds config.json sizes (e.g. {"hidden_size": 4096, "intermediate_size": 14336});
+    arguments declared with `divides: [...]` must divide each of those that are given.
+    """
+    template = load_template(name_or_text)
+    values = resolve_arguments(template, args)
+    for name, spec in template.arguments.items():
+        value = values[name]
+        if value is None:
+            continue
+        for dim in spec.divides:
+            size = model_dims.get(dim)
+            if size is not None and size % value != 0:
+                raise RecipeError(
+                    f"recipe {template.name!r}: argument {name!r}={value} does not divide {dim}={size}"
+                )
+
+
+def model_dims_from_config(config: dict[str, Any]) -> dict[str, int]:
+    """The sizes `check_recipe_applies` needs, read from a model's config.json dict."""
+    return {k: int(config[k]) for k in ("hidden_size", "intermediate_size") if isinstance(config.get(k), int)}
+
+
+def family_for_model_type(model_type: str) -> str:
+    try:
+        return MODEL_TYPE_FAMILIES[model_type]
+    except KeyError:
+        raise RecipeError(
+            f"no SmoothQuant family for model_type {model_type!r}; pass explicit 'mappings'"
+        ) from None

@@ -1,0 +1,271 @@
+"""The bridge: a Prefect task that runs a TaskSpec as a ClearML task and awaits it.
+
+    result = await run_task(spec)
+
+- Idempotent by identity: before creating, tasks tagged `identity:<hash>` are looked up. A
+  completed one is returned (no GPU work); a queued or running one is attached to; a draft left
+  between create and enqueue is enqueued; failed or stopped ones are history, and a new task is
+  created. So Prefect retries, flow retries and re-runs after a crash never duplicate GPU work.
+- Awaited through one shared poller (one `tasks.get_all` per tick for all tasks in the process).
+- Cancellation, timeouts and SIGTERM reach the coroutine as a cancellation: the ClearML task is
+  dequeued or stopped before the error propagates. Flow hooks (`stop_flow_run_tasks`) sweep any
+  task of the flow run still active, as a safety net.
+- Failures are typed (flows.errors): code errors are not retried, infrastructure failures are,
+  and out-of-memory failures are retried on the next queue of `spec.queue_escalation`.
+
+Relation to Prefect caching: the ClearML identity lookup IS the cache. It survives lost Prefect
+state, works across flow runs, deployments and machines, and can never return a result whose
+task was deleted. `run_task` therefore uses no Prefect cache policy (`NO_CACHE`) and persists
+nothing; a second run of an unchanged flow costs one `tasks.get_all` per step and creates no task.
+`refresh=True` forces a recompute; `max_age_s` bounds how old a reused result may be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_link_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.asyncio import concurrency
+from prefect.context import TaskRunContext
+
+from automation.backend import FLOW_RUN_TAG, TASK_RUN_TAG, BackendError, ClearMLBackend
+from automation.failures import FailureKind, classify
+from automation.results import SUCCESS_STATUSES, TaskResult
+from automation.specs.base import TaskSpec
+from flows.errors import ERRORS, ClearMLTaskError, OutOfMemoryError, TaskTimeout
+from flows.poller import shared_poller
+
+QUEUE_LIMIT_PREFIX = "clearml-queue:"
+_BACKENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClearMLBackend] = weakref.WeakKeyDictionary()
+
+
+def backend() -> ClearMLBackend:
+    """A client per event loop (an httpx client must not cross loops)."""
+    loop = asyncio.get_running_loop()
+    client = _BACKENDS.get(loop)
+    if client is None:
+        client = ClearMLBackend()
+        _BACKENDS[loop] = client
+    return client
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except Exception:  # called outside a run (e.g. from a test helper)
+        return logging.getLogger("flows.bridge")
+
+
+def _run_ids() -> tuple[str | None, str | None, str | None]:
+    """(flow run id, task run id, flow run UI URL) when inside a Prefect run."""
+    from prefect.runtime import flow_run, task_run
+
+    flow_id = task_id = url = None
+    with contextlib.suppress(Exception):
+        flow_id = flow_run.id
+        url = flow_run.ui_url
+    with contextlib.suppress(Exception):
+        task_id = task_run.id
+    return (str(flow_id) if flow_id else None, str(task_id) if task_id else None,
+            str(url) if url else None)
+
+
+def _queue_plan(spec: TaskSpec) -> list[str]:
+    return list(dict.fromkeys([spec.queue, *spec.queue_escalation]))
+
+
+async def _choose_queue(client: ClearMLBackend, spec: TaskSpec, history: list[dict[str, Any]]) -> str:
+    """The first queue, or the one after the queue where the latest attempt ran out of memory."""
+    plan = _queue_plan(spec)
+    for record in history:  # newest first
+        if record.get("status") not in ("failed", "stopped"):
+            continue
+        kind = classify(record.get("status", ""), record.get("status_message", ""),
+                        record.get("status_reason", ""))
+        if kind is not FailureKind.OUT_OF_MEMORY:
+            return plan[0]
+        last = await client.queue_name((record.get("execution") or {}).get("queue"))
+        if last in plan and plan.index(last) + 1 < len(plan):
+            return plan[plan.index(last) + 1]
+        return plan[-1]
+    return plan[0]
+
+
+def _fresh(record: dict[str, Any], max_age_s: float | None) -> bool:
+    if max_age_s is None:
+        return True
+    stamp = record.get("completed") or record.get("last_update") or record.get("created")
+    if not stamp:
+        return False
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - when).total_seconds() <= max_age_s
+
+
+async def _stop_quietly(client: ClearMLBackend, task_id: str, reason: str) -> None:
+    # Shielded: this runs while the surrounding scope is being cancelled.
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.fail_after(15):
+                done = await client.stop(task_id, reason)
+            _logger().warning("ClearML task %s %s (%s)", task_id, done, reason)
+        except Exception as exc:
+            _logger().error("could not stop ClearML task %s: %s", task_id, exc)
+
+
+async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Async on purpose: in an async task a sync condition's `state.result()` is a coroutine that
+    never raises, so nothing would ever be retried."""
+    try:
+        await state.aresult()
+    except ClearMLTaskError as err:
+        return bool(err.retryable)
+    except BackendError:
+        return True  # the server was unreachable for longer than the backend's own retries
+    except Exception:
+        return False
+    return False
+
+
+async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: dict[str, Any],
+                url: str, queue: str) -> ClearMLTaskError:
+    tail = await client.log_tail(task_id, 30)
+    status = str(record.get("status"))
+    kind = classify(status, record.get("status_message", ""), record.get("status_reason", ""), tail)
+    message = str(record.get("status_message") or record.get("status_reason") or "")
+    if kind is FailureKind.OUT_OF_MEMORY:
+        plan = _queue_plan(spec)
+        nxt = plan[plan.index(queue) + 1] if queue in plan and plan.index(queue) + 1 < len(plan) else None
+        return OutOfMemoryError(task_id, url, status, message, tail, queue=queue, next_queue=nxt)
+    return ERRORS[kind](task_id, url, status, message, tail, queue=queue)
+
+
+@task(
+    name="clearml-task",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_condition,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    log_prints=True,
+)
+async def run_task(
+    spec: TaskSpec,
+    refresh: bool = False,
+    max_age_s: float | None = None,
+    max_wait_s: float | None = None,
+    input_model_id: str | None = None,
+) -> TaskResult:
+    """Run `spec` as a ClearML task (or reuse/attach to one with the same identity) and await it."""
+    return await execute(spec, refresh=refresh, max_age_s=max_age_s, max_wait_s=max_wait_s,
+                         input_model_id=input_model_id)
+
+
+async def execute(
+    spec: TaskSpec,
+    refresh: bool = False,
+    max_age_s: float | None = None,
+    max_wait_s: float | None = None,
+    input_model_id: str | None = None,
+) -> TaskResult:
+    """The body of `run_task`, callable without Prefect (benchmarks, scripts)."""
+    log = _logger()
+    client = backend()
+    identity = spec.identity()
+    await client.queue_id(spec.queue)  # a missing queue fails here, before anything is created
+    for q in spec.queue_escalation:
+        await client.queue_id(q)
+
+    history = await client.find_by_identity(identity)
+    task_id: str | None = None
+    for record in history:
+        status = record.get("status")
+        if status in SUCCESS_STATUSES and not refresh and _fresh(record, max_age_s):
+            log.info("reusing ClearML task %s (identity %s, %s)", record["id"], identity[:12], status)
+            return await client.result(str(record["id"]), spec.kind, identity, reused=True)
+        if status in ("queued", "in_progress"):
+            task_id = str(record["id"])
+            log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
+            break
+        if status == "created":  # left between create and enqueue by a crashed orchestrator
+            task_id = str(record["id"])
+            queue = await _choose_queue(client, spec, history)
+            await client.enqueue(task_id, queue)
+            log.info("enqueued draft ClearML task %s on '%s'", task_id, queue)
+            break
+
+    flow_run_id, task_run_id, run_url = _run_ids()
+    queue = spec.queue
+    if task_id is None:
+        queue = await _choose_queue(client, spec, history)
+        if queue != spec.queue:
+            log.warning("previous attempt ran out of memory: escalating to queue '%s'", queue)
+            spec = spec.model_copy(update={"queue": queue})
+        tags = [t for t in (f"{FLOW_RUN_TAG}{flow_run_id}" if flow_run_id else None,
+                            f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
+        props = {"prefect_run_url": run_url} if run_url else {}
+        task_id = await client.create(spec, tags=tags, properties=props, input_model_id=input_model_id)
+        try:
+            await client.enqueue(task_id, queue)
+        except BaseException:
+            await _stop_quietly(client, task_id, "enqueue failed")
+            raise
+        log.info("created ClearML task %s (%s) on queue '%s'", task_id, spec.kind, queue)
+
+    url = client.web_url(task_id)
+    if TaskRunContext.get() is not None:
+        with contextlib.suppress(Exception):
+            await acreate_link_artifact(link=url, link_text=f"ClearML task {task_id}",
+                                        description=f"{spec.kind} task {spec.task_name()}")
+
+    def on_change(record: dict[str, Any]) -> None:
+        progress = (record.get("runtime") or {}).get("progress")
+        log.info("ClearML task %s: %s%s%s", task_id, record.get("status"),
+                 f" {progress}%" if progress not in (None, "") else "",
+                 f" ({record['status_message']})" if record.get("status_message") else "")
+
+    try:
+        async with concurrency(f"{QUEUE_LIMIT_PREFIX}{queue}", occupy=1, strict=False):
+            waiting = shared_poller().wait(task_id, on_change, spec.expected_duration_s())
+            if max_wait_s is not None:
+                record = await asyncio.wait_for(waiting, timeout=max_wait_s)
+            else:
+                record = await waiting
+    except TimeoutError:
+        await _stop_quietly(client, task_id, f"max wait of {max_wait_s} s exceeded")
+        raise TaskTimeout(task_id, url, "stopped", f"did not finish within {max_wait_s} s",
+                          await client.log_tail(task_id), queue=queue) from None
+    except BaseException:
+        # Cancelled (UI/CLI cancel, task timeout, SIGTERM) or crashed: the GPU job must not outlive us.
+        await _stop_quietly(client, task_id, "Prefect run cancelled or failed")
+        raise
+
+    if record.get("status") in SUCCESS_STATUSES:
+        return await client.result(task_id, spec.kind, identity)
+    raise await _fail(client, spec, task_id, record, url, queue)
+
+
+async def stop_flow_run_tasks(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow `on_cancellation` / `on_crashed` hook: stop every still-active ClearML task tagged
+    with this flow run's id (the safety net behind each task's own cancellation handling)."""
+    log = logging.getLogger("flows.bridge")
+    client = ClearMLBackend()
+    try:
+        active = await client.find_active_by_tag(f"{FLOW_RUN_TAG}{flow_run.id}")
+        for record in active:
+            done = await client.stop(str(record["id"]), f"flow run {flow_run.id} {state.type.value.lower()}")
+            log.warning("flow run %s %s: ClearML task %s %s", flow_run.id, state.name, record["id"], done)
+    finally:
+        await client.aclose()

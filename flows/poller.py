@@ -1,0 +1,222 @@
+"""One shared status poller per process: ONE `tasks.get_all` per tick for every awaited task.
+
+Prefect may run task coroutines on different event loops (one per worker thread with `.submit()`),
+so the poller owns a daemon thread with its own loop and backend client, and waiters on any loop
+await a thread-safe future. The interval adapts: short right after a change or when a task nears
+its expected end, growing while nothing changes, always within [min_interval, max_interval].
+Transient API errors are retried by the backend; one that still fails only delays the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from automation.backend import BackendError, ClearMLBackend
+from automation.clearml_settings import ClearMLSettings
+
+log = logging.getLogger("flows.poller")
+
+TERMINAL = frozenset({"completed", "published", "closed", "failed", "stopped"})
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Watch:
+    task_id: str
+    future: concurrent.futures.Future[dict[str, Any]]
+    on_change: Listener | None
+    expected_end: float | None  # monotonic time the task is expected to finish, when known
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+class StatusPoller:
+    def __init__(
+        self,
+        settings: ClearMLSettings | None = None,
+        min_interval_s: float = 0.5,
+        max_interval_s: float = 5.0,
+        growth: float = 1.5,
+    ) -> None:
+        self.settings = settings
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
+        self.growth = growth
+        self.ticks = 0
+        self.errors = 0
+        self._watches: dict[str, list[_Watch]] = {}
+        self._lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._backend: ClearMLBackend | None = None
+
+    # -- public ---------------------------------------------------------------------------------
+    def watch(self, task_id: str, on_change: Listener | None = None,
+              expected_duration_s: float | None = None) -> concurrent.futures.Future[dict[str, Any]]:
+        """Future resolved with the task's status record once it reaches a terminal status."""
+        self._ensure_thread()
+        fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        expected_end = time.monotonic() + expected_duration_s if expected_duration_s else None
+        with self._lock:
+            self._watches.setdefault(task_id, []).append(_Watch(task_id, fut, on_change, expected_end))
+        self._poke()
+        return fut
+
+    async def wait(self, task_id: str, on_change: Listener | None = None,
+                   expected_duration_s: float | None = None) -> dict[str, Any]:
+        fut = self.watch(task_id, on_change, expected_duration_s)
+        try:
+            return await asyncio.wrap_future(fut)
+        finally:
+            if not fut.done():
+                fut.cancel()
+            self._forget(task_id, fut)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._watches)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._thread = None
+        self._loop = None
+
+    # -- thread and loop ------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._ready.clear()
+            self._thread = threading.Thread(target=self._run, name="clearml-status-poller", daemon=True)
+            self._thread.start()
+        self._ready.wait(timeout=10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._wake = asyncio.Event()
+        self._backend = ClearMLBackend(self.settings)
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._poll_forever())
+        except RuntimeError:
+            pass  # loop stopped by stop()
+        finally:
+            loop.close()
+
+    def _poke(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _forget(self, task_id: str, fut: concurrent.futures.Future[dict[str, Any]]) -> None:
+        with self._lock:
+            watches = [w for w in self._watches.get(task_id, []) if w.future is not fut]
+            if watches:
+                self._watches[task_id] = watches
+            else:
+                self._watches.pop(task_id, None)
+
+    # -- polling --------------------------------------------------------------------------------
+    async def _poll_forever(self) -> None:
+        assert self._wake is not None and self._backend is not None
+        interval = self.min_interval_s
+        while True:
+            with self._lock:
+                ids = list(self._watches)
+            if not ids:
+                self._wake.clear()
+                await self._wake.wait()
+                interval = self.min_interval_s
+                continue
+            changed = await self._tick(ids)
+            interval = self._next_interval(interval, changed)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                interval = self.min_interval_s  # a new watch: look at it soon
+            except TimeoutError:
+                pass
+
+    def _next_interval(self, current: float, changed: bool) -> float:
+        if changed or self._near_expected_end():
+            return self.min_interval_s
+        return min(self.max_interval_s, max(self.min_interval_s, current * self.growth))
+
+    def _near_expected_end(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            for watches in self._watches.values():
+                for w in watches:
+                    if w.expected_end is not None and w.last.get("status") == "in_progress" \
+                            and now >= w.expected_end - self.max_interval_s:
+                        return True
+        return False
+
+    async def _tick(self, ids: list[str]) -> bool:
+        assert self._backend is not None
+        self.ticks += 1
+        try:
+            records = await self._backend.statuses(ids)
+        except BackendError as exc:
+            self.errors += 1
+            log.warning("status poll failed (will retry): %s", exc)
+            return False
+        changed = False
+        for task_id in ids:
+            record = records.get(task_id)
+            if record is None:
+                record = {"id": task_id, "status": "unknown", "status_message": "task not found on the server"}
+            with self._lock:
+                watches = list(self._watches.get(task_id, []))
+            for w in watches:
+                if _summary(record) != _summary(w.last):
+                    changed = True
+                    w.last = record
+                    if w.on_change is not None:
+                        try:
+                            w.on_change(record)
+                        except Exception:  # a listener must never stop the poller
+                            log.exception("status listener failed")
+                finished = record.get("status") in TERMINAL or record.get("status") == "unknown"
+                if finished and not w.future.done():
+                    w.future.set_result(record)
+        return changed
+
+
+def _summary(record: dict[str, Any]) -> tuple[Any, ...]:
+    runtime = record.get("runtime") or {}
+    return (record.get("status"), record.get("status_message"), runtime.get("progress"))
+
+
+_POLLER: StatusPoller | None = None
+_POLLER_LOCK = threading.Lock()
+
+
+def shared_poller() -> StatusPoller:
+    """The process-wide poller (created on first use)."""
+    global _POLLER
+    with _POLLER_LOCK:
+        if _POLLER is None:
+            _POLLER = StatusPoller()
+        return _POLLER
+
+
+def reset_shared_poller() -> None:
+    """Tests and long-lived processes that switch servers: drop the current poller."""
+    global _POLLER
+    with _POLLER_LOCK:
+        if _POLLER is not None:
+            _POLLER.stop()
+        _POLLER = None
