@@ -17,6 +17,10 @@ app = typer.Typer(help="LLM compression workflows: Prefect orchestration, ClearM
 local_app = typer.Typer(help="The local ClearML stand-in, its agents and its data directory.",
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
+from automation.cli_task import standards_app, task_app  # noqa: E402
+
+app.add_typer(task_app, name="task")
+app.add_typer(standards_app, name="standards")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -247,7 +247,7 @@ class StandInApp:
         if match:
             requested = match.group("version")
             name = f"{match.group('service')}.{match.group('action')}"
-        fault = await self.faults.before(name)
+        fault, lose_response = await self.faults.before(name)
         if fault is not None:
             return fault
         try:
@@ -286,7 +286,7 @@ class StandInApp:
             log.exception("internal error in %s", name)
             response = self._envelope(name, requested, 500, 0, f"Internal error in {name}: {exc!r}", {},
                                       http_status=500)
-        return await self.faults.after(name, response)
+        return self.faults.lost_response() if lose_response else response
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -353,6 +353,13 @@ class StandInApp:
         return JSONResponse({"ok": True})
 
     async def set_faults(self, request: Request) -> Response:
-        body = json.loads((await request.body()) or b"{}")
-        self.faults.configure(**body)
+        from automation.local.faults import FaultsDisabled
+
+        try:
+            body = json.loads((await request.body()) or b"{}")
+            self.faults.configure(**body)
+        except FaultsDisabled as exc:
+            return JSONResponse({"error": str(exc)}, status_code=403)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": f"bad fault settings: {exc}"}, status_code=400)
         return JSONResponse(self.faults.describe())

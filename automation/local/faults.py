@@ -66,22 +66,27 @@ class FaultInjector:
             return None
         return self._rng.choice(self.kinds)
 
-    async def before(self, name: str) -> Response | None:
-        """A fault that replaces the request entirely (the handler never runs)."""
+    async def before(self, name: str) -> tuple[Response | None, bool]:
+        """Decide this request's fault: (a response that replaces the request entirely, or None;
+        whether to lose the response after the handler ran and committed)."""
         kind = self._pick(name)
-        if kind == "error":
+        if kind == "error":  # nothing processed, the client sees a 503
             self.injected["error"] += 1
             return JSONResponse(
                 {"meta": {"result_code": 503, "result_subcode": 0, "result_msg": "injected fault"}},
                 status_code=503,
-            )
-        if kind == "drop":
-            self.injected["drop"] += 1
-            raise ConnectionAbortedError("injected fault: connection dropped")
+            ), False
         if kind == "delay":
             self.injected["delay"] += 1
             await asyncio.sleep(self.delay_s)
-        return None
+        if kind == "drop":
+            self.injected["drop"] += 1
+            return None, True
+        return None, False
 
-    async def after(self, name: str, response: Response) -> Response:
-        return response
+    @staticmethod
+    def lost_response() -> Response:
+        """What a client sees when the answer to a processed request is lost on the way: the
+        work is done and committed, the client gets a gateway error (the nastiest case for
+        idempotency: a naive retry of a create makes a duplicate)."""
+        return Response("injected fault: upstream connection reset", status_code=502, media_type="text/plain")

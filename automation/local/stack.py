@@ -202,7 +202,7 @@ class LocalStack:
                 if procs.running(self.data.pid_file(name)) is not None:
                     report.already_running.append(name)
                     continue
-                self._start_agent(queue, env)
+                self._start_agent(queue, env, n_agents=len(cfg.queues))
                 report.started.append(name)
                 fresh.append(queue)
             self._check_agents_alive(fresh)
@@ -245,7 +245,7 @@ class LocalStack:
         raise StackError(f"the stand-in server did not become ready in {SERVER_START_TIMEOUT_S:.0f} s:\n"
                          f"{_tail(self.data.logs / 'server.log')}")
 
-    def _start_agent(self, queue: str, env: dict[str, str]) -> None:
+    def _start_agent(self, queue: str, env: dict[str, str], n_agents: int = 1) -> None:
         home = self.data.agent_home(queue)
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         agent_env = {
@@ -264,6 +264,9 @@ class LocalStack:
             "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
+        # Agents share this machine's cores: without a cap each task's torch takes all of them and
+        # concurrent tasks thrash (a 14 s model build took 98 s next to another task).
+        agent_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, n_agents))))
         agent_bin = shutil.which("clearml-agent", path=str(Path(sys.executable).parent)) or shutil.which(
             "clearml-agent"
         )

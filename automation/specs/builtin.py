@@ -1,3 +1,3 @@
 """Built-in kinds; importing this module registers them."""
 
-from automation.specs import debug  # noqa: F401
+from automation.specs import benchmark, compress, debug, evaluate  # noqa: F401

@@ -1,53 +1,327 @@
 """Named standards shipped with the package: recipes, evaluation suites, benchmark profiles.
 
+Each standard is one YAML file, looked up by **name** (a shipped file), **file path**, or **inline
+YAML** text. An unknown name is an error that lists the known ones. Specs store the resolved form
+(a name, or the inline text of a file they were given), so a task never depends on a file that
+exists only on the submitting machine.
+
 Pure data + loaders: nothing here imports an ML library, so specs and flows can validate names
 and arguments before any work is queued.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STANDARDS_DIR = Path(__file__).resolve().parent
 SUITES_DIR = STANDARDS_DIR / "suites"
 PROFILES_DIR = STANDARDS_DIR / "profiles"
 RECIPES_DIR = STANDARDS_DIR / "recipes"
 
+StandardKind = Literal["recipe", "suite", "profile"]
+_DIRS: dict[str, Path] = {"recipe": RECIPES_DIR, "suite": SUITES_DIR, "profile": PROFILES_DIR}
 
-class StandardNotFoundError(KeyError):
+
+class StandardError(ValueError):
+    """A standard that cannot be found or read; the message names it and what is known."""
+
+
+class StandardNotFoundError(StandardError, LookupError):
     pass
 
 
-def _names(directory: Path, pattern: str) -> list[str]:
-    return sorted(p.stem if p.is_file() else p.name for p in directory.glob(pattern))
+# -- lookup ---------------------------------------------------------------------------------------
+def names(kind: StandardKind) -> list[str]:
+    return sorted(p.stem for p in _DIRS[kind].glob("*.yaml"))
+
+
+def is_inline(value: str) -> bool:
+    """Inline YAML rather than a name or a path: several lines, a flow mapping, or `key: value`."""
+    stripped = value.strip()
+    return "\n" in stripped or stripped.startswith("{") or ": " in stripped
+
+
+def resolve(kind: StandardKind, value: str) -> tuple[str, str]:
+    """(name, YAML text) of a standard given by name, file path, or inline YAML.
+
+    The name of a file or inline text is `<file stem>` / `<inline>`.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise StandardError(f"a {kind} is required: a name ({', '.join(names(kind))}), a file path, or YAML")
+    value = value.strip() if not is_inline(value) else value
+    if is_inline(value):
+        return "<inline>", value
+    shipped = _DIRS[kind] / f"{value}.yaml"
+    if "/" not in value and shipped.is_file():
+        return value, shipped.read_text()
+    path = Path(value).expanduser()
+    if path.suffix in (".yaml", ".yml", ".json") or "/" in value:
+        if path.is_file():
+            return path.stem, path.read_text()
+        raise StandardNotFoundError(f"{kind} file {value!r} does not exist")
+    raise StandardNotFoundError(f"unknown {kind} {value!r}; known: {', '.join(names(kind))} "
+                                "(or give a file path or inline YAML)")
+
+
+def inline_if_file(kind: StandardKind, value: str) -> str:
+    """What a spec stores: a shipped name stays a name; a file path becomes its text."""
+    name, text = resolve(kind, value)
+    return value.strip() if name == value.strip() and name in names(kind) else text
+
+
+def _yaml_mapping(kind: str, name: str, text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StandardError(f"{kind} {name!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StandardError(f"{kind} {name!r} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _validation(kind: str, name: str, exc: ValidationError) -> StandardError:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+    return StandardError(f"{kind} {name!r} is invalid: " + "; ".join(parts))
+
+
+def description(kind: StandardKind, name: str) -> str:
+    data = _yaml_mapping(kind, name, resolve(kind, name)[1])
+    return " ".join(str(data.get("description", "")).split())
+
+
+def list_standards() -> dict[str, list[tuple[str, str]]]:
+    """Every shipped standard with its one-line description, by kind."""
+    return {f"{kind}s": [(n, description(kind, n)) for n in names(kind)] for kind in ("recipe", "suite", "profile")}
+
+
+# -- evaluation suites ----------------------------------------------------------------------------
+class SuiteTask(BaseModel):
+    """One lm-eval task or group of a suite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    num_fewshot: int | None = Field(None, ge=0, description="None = the task's own default")
+    metrics: list[str] = Field(default_factory=list, description="the metrics that matter (reporting only)")
+
+
+class AverageMember(BaseModel):
+    """One benchmark inside a suite average: a task/group metric, or the mean of its subtasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    metric: str | None = None
+    metrics: list[str] = Field(default_factory=list, description="averaged together (e.g. IFEval)")
+    weight: float = Field(1.0, gt=0)
+    random_score: float = Field(0.0, ge=0, lt=1, description="chance level, for normalisation")
+    subtasks: dict[str, float] = Field(
+        default_factory=dict,
+        description="subtask -> random score: normalise each subtask, then average them (unweighted)")
+
+    @model_validator(mode="after")
+    def _one_metric(self) -> AverageMember:
+        if bool(self.metric) == bool(self.metrics):
+            raise ValueError(f"member {self.task!r}: give exactly one of 'metric' or 'metrics'")
+        return self
+
+    def metric_names(self) -> list[str]:
+        return [self.metric] if self.metric else list(self.metrics)
+
+
+class SuiteAverage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    normalize: bool = Field(False, description="(score - random) / (1 - random), clipped at 0")
+    members: list[AverageMember]
+
+
+class Suite(BaseModel):
+    """An evaluation suite: lm-eval tasks, their few-shot settings, and averages over them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "<inline>"
+    description: str = ""
+    include_path: str | None = Field(None, description="directory of local task YAMLs, relative to the suite file")
+    tasks: list[SuiteTask] = Field(min_length=1)
+    averages: list[SuiteAverage] = Field(default_factory=list)
+    base_dir: str | None = Field(None, description="set by the loader: where include_path is relative to")
+
+    def include_dir(self) -> Path | None:
+        if not self.include_path:
+            return None
+        path = Path(self.include_path)
+        if not path.is_absolute():
+            path = Path(self.base_dir or SUITES_DIR) / path
+        return path
+
+    def task_names(self) -> list[str]:
+        return [t.task for t in self.tasks]
+
+
+def load_suite(value: str) -> Suite:
+    name, text = resolve("suite", value)
+    data = _yaml_mapping("suite", name, text)
+    if isinstance(data.get("tasks"), list):
+        data["tasks"] = [{"task": t} if isinstance(t, str) else t for t in data["tasks"]]
+    data.setdefault("name", name)
+    shipped = name in names("suite") and value.strip() == name
+    base = SUITES_DIR if shipped or name == "<inline>" else Path(value).expanduser().resolve().parent
+    data["base_dir"] = str(base)
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise _validation("suite", name, exc) from exc
+    include = suite.include_dir()
+    if include is not None and not include.is_dir():
+        raise StandardError(f"suite {name!r}: include_path {str(include)!r} is not a directory")
+    return suite
 
 
 def suite_names() -> list[str]:
-    return sorted(p.name for p in SUITES_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+    return names("suite")
 
 
 def suite_dir(name: str) -> Path:
-    """Directory of lm-eval task YAMLs for a named suite (the `include_path` of lm-eval)."""
-    path = SUITES_DIR / name
-    if not path.is_dir():
-        raise StandardNotFoundError(f"unknown evaluation suite {name!r}; known: {suite_names()}")
-    return path
+    """Directory of lm-eval task YAMLs of a named suite with local tasks (lm-eval's `include_path`)."""
+    include = load_suite(name).include_dir()
+    if include is None:
+        raise StandardError(f"suite {name!r} uses lm-eval's own tasks; it has no local task directory")
+    return include
+
+
+def _metric(summary: dict[str, Any], task: str, metric: str) -> float | None:
+    for section in ("tasks", "groups"):
+        entry = (summary.get(section) or {}).get(task)
+        if entry is not None:
+            value = (entry.get("metrics") or {}).get(metric, {}).get("value")
+            return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return None
+
+
+def _normalise(value: float, random_score: float) -> float:
+    return max(0.0, (value - random_score) / (1.0 - random_score))
+
+
+def suite_averages(suite: Suite, summary: dict[str, Any]) -> dict[str, float]:
+    """The suite's averages from an evaluation summary (`{"tasks": {task: {"metrics": {m: {"value"}}}}}`).
+
+    Per member: the mean of its metrics (or of its subtasks' metric, each normalised with its own
+    random score, as the Open LLM Leaderboard v2 does for BBH and MuSR), normalised with the
+    member's random score when the average normalises; then the weighted mean over members. An
+    average with a missing member is left out (a partial average would mislead). Values in [0, 1].
+    """
+    out: dict[str, float] = {}
+    for avg in suite.averages:
+        total = weights = 0.0
+        complete = True
+        for member in avg.members:
+            score: float | None
+            if member.subtasks:
+                values = [_metric(summary, sub, m) for sub in member.subtasks for m in member.metric_names()]
+                if any(v is None for v in values):
+                    complete = False
+                    break
+                randoms = [r for r in member.subtasks.values() for _ in member.metric_names()]
+                score = sum(_normalise(v, r) if avg.normalize else v
+                            for v, r in zip(values, randoms, strict=True) if v is not None) / len(values)
+            else:
+                vals = [_metric(summary, member.task, m) for m in member.metric_names()]
+                if any(v is None for v in vals):
+                    complete = False
+                    break
+                score = sum(v for v in vals if v is not None) / len(vals)
+                if avg.normalize:
+                    score = _normalise(score, member.random_score)
+            total += member.weight * score
+            weights += member.weight
+        if complete and weights:
+            out[avg.name] = total / weights
+    return out
+
+
+# -- benchmark profiles ---------------------------------------------------------------------------
+RateType = Literal["synchronous", "throughput", "concurrent", "constant", "poisson", "async", "sweep"]
+
+
+class Profile(BaseModel):
+    """A GuideLLM workload: synthetic token shapes, rate type and rates, and when to stop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "<inline>"
+    description: str = ""
+    request_format: str = "/v1/completions"
+    rate_type: RateType = "synchronous"
+    rates: list[float] | None = None
+    sweep_size: int | None = Field(None, ge=2)
+    prompt_tokens: int = Field(ge=1)
+    prompt_tokens_stdev: int | None = Field(None, ge=0)
+    prompt_tokens_min: int | None = Field(None, ge=1)
+    prompt_tokens_max: int | None = Field(None, ge=1)
+    output_tokens: int = Field(ge=1)
+    output_tokens_stdev: int | None = Field(None, ge=0)
+    output_tokens_min: int | None = Field(None, ge=1)
+    output_tokens_max: int | None = Field(None, ge=1)
+    max_requests: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    request_timeout_s: float = Field(120, gt=0)
+    max_error_fraction: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if not self.max_requests and not self.max_seconds:
+            raise ValueError("give max_requests and/or max_seconds, or the benchmark never ends")
+        if self.rate_type in ("concurrent", "constant", "poisson", "async") and not self.rates:
+            raise ValueError(f"rate_type {self.rate_type!r} needs 'rates'")
+        return self
+
+
+def load_profile_model(value: str) -> Profile:
+    name, text = resolve("profile", value)
+    data = _yaml_mapping("profile", name, text)
+    data.setdefault("name", name)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise _validation("profile", name, exc) from exc
 
 
 def profile_names() -> list[str]:
-    return _names(PROFILES_DIR, "*.yaml")
+    return names("profile")
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A benchmark profile (workload shape, rate, limits) as a plain dict."""
-    path = PROFILES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise StandardNotFoundError(f"unknown benchmark profile {name!r}; known: {profile_names()}")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"profile {name!r} must be a mapping")
-    data.setdefault("name", name)
-    return data
+    """A benchmark profile (workload shape, rate, limits) as a plain dict (validated)."""
+    return load_profile_model(name).model_dump(exclude_none=True)
+
+
+# -- calibration data -----------------------------------------------------------------------------
+# Built locally by the compress core script; any other name goes to llm-compressor as a dataset
+# (its aliases such as open_platypus / ultrachat_200k, or a hub id), which needs the network.
+CALIBRATION_SETS: dict[str, str] = {
+    "tiny": "the tiny suite's facts (built in; for the tiny model and CPU tests)",
+}
+LLMCOMPRESSOR_DATASETS = ("open_platypus", "ultrachat_200k", "ultrachat-200k", "gsm8k", "c4", "wikitext",
+                          "cnn_dailymail", "evolcodealpaca", "flickr", "peoples_speech")
+
+
+def check_calibration(name: str) -> str:
+    import re
+
+    name = name.strip()
+    if name in CALIBRATION_SETS or name in LLMCOMPRESSOR_DATASETS:
+        return name
+    if re.match(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", name):
+        return name  # a hub dataset id
+    raise StandardError(
+        f"unknown calibration dataset {name!r}; built in: {', '.join(CALIBRATION_SETS)}; llm-compressor "
+        f"aliases: {', '.join(LLMCOMPRESSOR_DATASETS)}; or a Hugging Face dataset id (org/name)")

@@ -55,6 +55,8 @@ class RecipeTemplate:
     arguments: dict[str, ArgSpec]
     data: dict[str, Any]
     template: str
+    # False for data-free schemes (FP8_DYNAMIC): the core script then skips calibration data.
+    needs_calibration: bool = True
 
 
 def recipe_names() -> list[str]:
@@ -66,8 +68,15 @@ def _parse_template(name: str, text: str) -> RecipeTemplate:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {name!r} is not valid YAML: {exc}") from exc
+    if isinstance(doc, dict) and "template" not in doc and doc and all(isinstance(v, dict) for v in doc.values()):
+        # A plain llm-compressor recipe (a mapping of stages): no arguments, taken verbatim.
+        return RecipeTemplate(name=name, description="inline llm-compressor recipe", arguments={}, data={},
+                              template="{% raw %}" + text + "{% endraw %}")
     if not isinstance(doc, dict) or "template" not in doc:
-        raise RecipeError(f"recipe {name!r} has no 'template' key")
+        raise RecipeError(f"recipe {name!r} has no 'template' key (and is not a mapping of recipe stages)")
+    extra = set(doc) - {"description", "arguments", "data", "template", "needs_calibration"}
+    if extra:
+        raise RecipeError(f"recipe {name!r}: unknown top-level keys {sorted(extra)}")
     args = {}
     for arg_name, spec in (doc.get("arguments") or {}).items():
         unknown = set(spec) - {"type", "default", "nullable", "choices", "min", "max", "divides", "help"}
@@ -81,17 +90,20 @@ def _parse_template(name: str, text: str) -> RecipeTemplate:
         arguments=args,
         data=doc.get("data") or {},
         template=str(doc["template"]),
+        needs_calibration=bool(doc.get("needs_calibration", True)),
     )
 
 
 def load_template(name_or_text: str) -> RecipeTemplate:
-    """A shipped recipe by name, or template text in the same file format."""
-    path = RECIPES_DIR / f"{name_or_text}.yaml"
-    if "\n" not in name_or_text and path.is_file():
-        return _parse_template(name_or_text, path.read_text())
-    if "\n" not in name_or_text and ":" not in name_or_text:
-        raise RecipeError(f"unknown recipe {name_or_text!r}; known: {recipe_names()}")
-    return _parse_template("<inline>", name_or_text)
+    """A shipped recipe by name, a template file path, or template text (or a plain
+    llm-compressor recipe) in the same file format."""
+    from automation.standards import StandardError, resolve
+
+    try:
+        name, text = resolve("recipe", name_or_text)
+    except StandardError as exc:
+        raise RecipeError(str(exc)) from None
+    return _parse_template(name, text)
 
 
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
@@ -200,3 +212,15 @@ def family_for_model_type(model_type: str) -> str:
         raise RecipeError(
             f"no SmoothQuant family for model_type {model_type!r}; pass explicit 'mappings'"
         ) from None
+
+
+def effective_arguments(name_or_text: str, args: dict[str, Any] | None,
+                        model_config: dict[str, Any] | None) -> dict[str, Any]:
+    """`args` plus what the model implies: a template with a `family` argument (SmoothQuant
+    mappings) gets the family of the model's `model_type` unless the caller chose one."""
+    out = dict(args or {})
+    template = load_template(name_or_text)
+    if ("family" in template.arguments and "family" not in out and "mappings" not in out and model_config
+            and model_config.get("model_type") in MODEL_TYPE_FAMILIES):
+        out["family"] = MODEL_TYPE_FAMILIES[str(model_config["model_type"])]
+    return out

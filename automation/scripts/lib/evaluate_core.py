@@ -150,12 +150,15 @@ def evaluate(
     dtype: str = "auto",
     vllm_args: dict[str, Any] | None = None,
     seed: int = 0,
+    task_fewshot: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` and return a small summary.
 
     `include_path` is a directory of task YAMLs (e.g. `automation.standards.suite_dir("tiny")`);
     with it only those tasks are indexed (`include_defaults=False`, ~5 s faster), without it
-    lm-eval's built-in tasks are used.
+    lm-eval's built-in tasks are used. `task_fewshot` sets a few-shot count per task (suites such
+    as openllm use a different one per task); `num_fewshot`, when given, applies to all. Tasks are
+    run in one `simple_evaluate` per distinct few-shot count, sharing one loaded model.
     """
     set_offline_env()
     start = time.monotonic()
@@ -170,23 +173,39 @@ def evaluate(
             manager = TaskManager()
         model, model_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args)
         eval_start = time.monotonic()
-        results = lm_eval.simple_evaluate(
-            model=model,
-            model_args=model_args,
-            tasks=list(tasks),
-            num_fewshot=num_fewshot,
-            limit=limit,
-            batch_size=batch_size,
-            device=device,
-            task_manager=manager,
-            log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
-    if results is None:  # only non-zero ranks of a distributed run get None
-        raise RuntimeError("lm-eval returned no results")
+        batches: dict[int | None, list[str]] = {}
+        for task in tasks:
+            shots = num_fewshot if num_fewshot is not None else (task_fewshot or {}).get(task)
+            batches.setdefault(shots, []).append(task)
+        lm: Any = model
+        if len(batches) > 1:  # load the model once for all few-shot batches
+            from lm_eval.api.registry import get_model
+
+            lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+        results: dict[str, Any] = {}
+        for shots, batch in batches.items():
+            part = lm_eval.simple_evaluate(
+                model=lm,
+                model_args=model_args if isinstance(lm, str) else None,
+                tasks=list(batch),
+                num_fewshot=shots,
+                limit=limit,
+                batch_size=batch_size,
+                device=device,
+                task_manager=manager,
+                log_samples=False,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+            if part is None:  # only non-zero ranks of a distributed run get None
+                raise RuntimeError("lm-eval returned no results")
+            for key, value in part.items():
+                if isinstance(value, dict) and isinstance(results.get(key), dict):
+                    results[key].update(value)
+                else:
+                    results.setdefault(key, value)
     summary = summarise(results)
     summary.update(
         {

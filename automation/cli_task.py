@@ -1,0 +1,257 @@
+"""`automation task ...` and `automation standards ...`: every spec field from the command line.
+
+    automation standards list
+    automation task fields compress
+    automation task submit compress --model ./tiny --recipe w4a16 --recipe_args.group_size 64 \\
+        --calibration tiny --queue cpu --wait --json result.json
+
+Field names take `-` or `_`; nested fields take dotted names (`--code.commit`, `--recipe_args.x`);
+values are parsed by the field's type (lists comma-separated or JSON, mappings as JSON). Errors name
+the field. Submission goes through `flows.bridge.execute` (find-or-create by identity, then await)
+against the ClearML server of the environment / clearml.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from automation.specs.base import SpecError, TaskSpec, _is_nested, build, decode_arg
+from automation.specs.registry import get_kind, kinds
+
+task_app = typer.Typer(help="Task kinds: list their fields, submit one as a ClearML task.", no_args_is_help=True)
+standards_app = typer.Typer(help="Named recipes, evaluation suites and benchmark profiles.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@standards_app.callback()
+def _standards() -> None:
+    """Named recipes, evaluation suites and benchmark profiles."""
+
+
+@task_app.callback()
+def _task() -> None:
+    """Task kinds: list their fields, submit one as a ClearML task."""
+
+
+# -- standards -------------------------------------------------------------------------------------
+@standards_app.command("list")
+def standards_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """All recipes, evaluation suites and benchmark profiles, with one-line descriptions."""
+    from automation.standards import list_standards
+
+    data = list_standards()
+    if as_json:
+        typer.echo(json.dumps({k: dict(v) for k, v in data.items()}, indent=2))
+        return
+    for kind, items in data.items():
+        table = Table(title=kind, show_header=True, title_justify="left")
+        table.add_column("name")
+        table.add_column("description")
+        for name, text in items:
+            table.add_row(name, text)
+        console.print(table)
+
+
+# -- fields ----------------------------------------------------------------------------------------
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("automation.specs.model_ref.", "")
+    return text.replace("<class '", "").replace("'>", "")
+
+
+def _kind(name: str) -> type[TaskSpec]:
+    try:
+        return get_kind(name)
+    except SpecError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@task_app.command("kinds")
+def task_kinds() -> None:
+    """The registered task kinds."""
+    for name, cls in kinds().items():
+        typer.echo(f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else cls.script_module}")
+
+
+@task_app.command("fields")
+def task_fields(kind: Annotated[str, typer.Argument(help="task kind (see `automation task kinds`)")]) -> None:
+    """Every field of KIND: type, default, description, and where it lands in ClearML."""
+    cls = _kind(kind)
+    args, config = set(cls.arg_fields()), set(cls.config_fields())
+    typer.echo(f"{kind}: core script {cls.script_module}; Args are flat overridable parameters, configuration "
+               "fields are HOCON objects (set their keys with --field.key value)")
+    for name, info in cls.model_fields.items():
+        default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        where = "Args" if name in args else "configuration" if name in config else "envelope"
+        volatile = " [not in identity]" if name in cls.volatile_fields() else ""
+        typer.echo(f"  --{name:<20} {_type_name(info.annotation):<28} {where:<13} default {default}")
+        typer.echo(f"      {info.description or ''}{volatile}")
+
+
+# -- overrides -------------------------------------------------------------------------------------
+def _base_annotation(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_annotation(args[0]) if len(args) == 1 else annotation
+    return annotation
+
+
+def _parse_nested(name: str, raw: str, annotation: Any) -> Any:
+    base = _base_annotation(annotation)
+    stripped = raw.strip()
+    if stripped.lower() in ("none", "null") and _base_annotation(annotation) is not annotation:
+        return None
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            try:
+                return yaml.safe_load(stripped)
+            except yaml.YAMLError as exc:
+                raise SpecError(f"--{name}: '{raw}' is neither JSON nor YAML ({exc})") from None
+    origin = typing.get_origin(base) or base
+    if isinstance(origin, type) and issubclass(origin, (list, tuple, set)):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(origin, type) and issubclass(origin, BaseModel):
+        return raw  # e.g. ModelRef's string form
+    raise SpecError(f"--{name}: give a JSON object, or set its keys one by one (--{name}.KEY VALUE)")
+
+
+def parse_overrides(cls: type[TaskSpec], tokens: list[str]) -> dict[str, Any]:
+    """`--a 1 --b.c x --flag` -> field values typed by `cls`'s annotations; errors name the field."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise SpecError(f"unexpected argument '{token}' (fields are given as --name value)")
+        key, eq, raw = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                raw = tokens[i + 1]
+                i += 1
+            else:
+                raw = "true"  # a bare flag
+        i += 1
+        path = [p.replace("-", "_") for p in key.split(".")]
+        top = path[0]
+        if top not in cls.model_fields or top in ("kind",):
+            raise SpecError(f"--{key}: unknown field for kind '{cls.kind}' (known: {', '.join(cls.model_fields)})")
+        annotation = cls.model_fields[top].annotation
+        if len(path) == 1:
+            if _is_nested(annotation):
+                values[top] = _parse_nested(key, raw, annotation)
+            else:
+                try:
+                    values[top] = decode_arg(top, raw, None, annotation)
+                except SpecError as exc:
+                    raise SpecError(str(exc).replace(f"Args/{top}", f"--{key}", 1)) from None
+            continue
+        current = values.get(top)
+        if not isinstance(current, dict):
+            current = {} if current is None or not isinstance(current, str) else {"__str__": current}
+            if "__str__" in current:
+                raise SpecError(f"--{key}: --{top} was already given as a whole value")
+            values[top] = current
+        target = current
+        for part in path[1:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise SpecError(f"--{key}: '{part}' is not a mapping")
+        try:
+            parsed = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            parsed = raw
+        target[path[-1]] = parsed
+    return values
+
+
+def spec_from_cli(kind: str, tokens: list[str], base: dict[str, Any] | None = None) -> TaskSpec:
+    cls = get_kind(kind)
+    values = {**(base or {}), **parse_overrides(cls, tokens)}
+    return build(cls, values)
+
+
+# -- submit ----------------------------------------------------------------------------------------
+async def _submit(spec: TaskSpec, wait: bool) -> dict[str, Any]:
+    input_model_id = getattr(spec, "input_model_id", lambda: None)()
+    if wait:
+        from flows.bridge import backend, execute
+
+        try:
+            result = await execute(spec, input_model_id=input_model_id)
+        finally:
+            await backend().aclose()
+        return {"task_id": result.task_id, "url": result.web_url, "result": result.model_dump(mode="json")}
+    from automation.backend import ClearMLBackend
+    from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES
+
+    client = ClearMLBackend()
+    try:
+        await client.queue_id(spec.queue)
+        for record in await client.find_by_identity(spec.identity()):
+            if record.get("status") in SUCCESS_STATUSES | ACTIVE_STATUSES - {"created"}:
+                return {"task_id": str(record["id"]), "url": client.web_url(str(record["id"])),
+                        "status": record.get("status"), "reused": True}
+        task_id = await client.create(spec, input_model_id=input_model_id)
+        await client.enqueue(task_id, spec.queue)
+        return {"task_id": task_id, "url": client.web_url(task_id), "status": "queued", "reused": False}
+    finally:
+        await client.aclose()
+
+
+@task_app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def task_submit(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="task kind (see `automation task kinds`)")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the task and print its result.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the submission/result JSON here.")] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Start from a spec JSON/YAML file.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the spec; submit nothing.")] = False,
+) -> None:
+    """Submit KIND with fields given as `--field value` (dotted names for nested fields)."""
+    base: dict[str, Any] = {}
+    if spec_file is not None:
+        loaded = yaml.safe_load(spec_file.read_text())
+        if not isinstance(loaded, dict):
+            err_console.print(f"[red]error:[/red] {spec_file} must hold a mapping of fields")
+            raise typer.Exit(2)
+        loaded.pop("kind", None)
+        base = loaded
+    try:
+        spec = spec_from_cli(kind, list(ctx.args), base)
+    except SpecError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if dry_run:
+        typer.echo(json.dumps({"kind": spec.kind, "identity": spec.identity(), **spec.model_dump(mode="json")},
+                              indent=2))
+        return
+    try:
+        out = asyncio.run(_submit(spec, wait))
+    except Exception as exc:
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(f"task {out['task_id']}  {out['url']}")
+    if wait:
+        typer.echo(json.dumps(out["result"], indent=2))
+    if json_out is not None:
+        json_out.write_text(json.dumps(out, indent=2))

@@ -1,0 +1,108 @@
+"""Core script of the `benchmark` kind: managed server + GuideLLM with a workload profile.
+
+Reports, per benchmark (one per rate of the profile): TTFT, ITL, TPOT (ms) and request latency (s)
+at median/p90/p99, requests/s and output tokens/s, as scalars (title = metric, series =
+`<rate label> <stat>`) and single values `<rate label>/<metric>/<stat>`; errored/total request
+counts; GuideLLM's JSON (and HTML, when written) report and the server log as artifacts. Fails the
+task when more requests errored than allowed (GuideLLM itself exits 0 then).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
+from automation.scripts.runtime import Reporter, run
+from automation.serving import ManagedServer
+from automation.specs.base import TaskSpec
+from automation.specs.benchmark import BenchmarkSpec
+
+_LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "request_latency_s")
+_STATS = ("median", "p90", "p99")
+
+
+def _label(bench: dict[str, Any]) -> str:
+    strategy = str(bench.get("strategy") or "run")
+    rate = bench.get("rate")
+    return f"{strategy}@{rate:g}" if isinstance(rate, int | float) else strategy
+
+
+def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]]) -> None:
+    for index, bench in enumerate(benchmarks):
+        label = _label(bench)
+        for metric in _LATENCIES:
+            for stat in _STATS:
+                value = (bench.get(metric) or {}).get(stat)
+                if value is not None:
+                    report.scalar(metric, f"{label} {stat}", float(value), iteration=index)
+                    report.single_value(f"{label}/{metric}/{stat}", float(value))
+        for metric in ("requests_per_s", "output_tokens_per_s"):
+            if bench.get(metric) is not None:
+                report.scalar("throughput", f"{label} {metric}", float(bench[metric]), iteration=index)
+                report.single_value(f"{label}/{metric}", float(bench[metric]))
+        for key, count in (bench.get("request_totals") or {}).items():
+            report.scalar("requests", f"{label} {key}", float(count), iteration=index)
+            report.single_value(f"{label}/requests_{key}", float(count))
+
+
+def main(spec: TaskSpec, report: Reporter) -> None:
+    assert isinstance(spec, BenchmarkSpec)
+    started = time.monotonic()
+    from automation.scripts.lib import peak_rss_mb
+    from automation.scripts.lib.benchmark_core import BenchmarkError, benchmark
+
+    report.progress(2, f"fetching model {spec.model}")
+    model_dir = local_model_dir(spec.model, report)
+    tokenizer_dir = local_model_dir(spec.tokenizer, report) if spec.tokenizer else model_dir
+    gpu = has_gpu()
+    engine = spec.engine if spec.engine != "auto" else ("vllm" if gpu else "transformers")
+    profile = spec.resolved_profile().model_dump(exclude_none=True)
+    work = work_dir(report, "benchmark")
+    server_log = work / "server.log"
+    server = ManagedServer(model_dir, engine=engine, gpus=spec.gpus, server_args=spec.server_args,
+                           env=spec.server_env, startup_timeout_s=spec.startup_timeout_s, log_path=server_log,
+                           served_model_name=spec.model.short_name() if engine == "vllm" else None)
+    report.progress(5, f"starting {engine} server for {model_dir}")
+    result: dict[str, Any] | None = None
+    failure: BaseException | None = None
+    try:
+        with server:
+            report.progress(30, f"server ready in {server.startup_s} s; running GuideLLM profile {profile['name']}")
+            report.scalar("time", "server_startup_s", float(server.startup_s or 0))
+            try:
+                result = benchmark(server.base_url, server.model_name, tokenizer_dir, profile, work / "guidellm",
+                                   engine=engine, max_error_fraction=spec.max_error_fraction,
+                                   timeout_s=spec.benchmark_timeout_s)
+            except BenchmarkError as exc:
+                failure = exc
+    finally:
+        if server_log.is_file():
+            report.artifact("server_log", server_log)
+    report.progress(90, "reporting")
+    if result is None:
+        saved = work / "guidellm" / "benchmark_result.json"
+        result = json.loads(saved.read_text()) if saved.is_file() else None
+    if result is not None:
+        report_benchmarks(report, result["benchmarks"])
+        report.scalar("requests", "error_fraction", float(result["error_fraction"]))
+        report.single_value("error_fraction", float(result["error_fraction"]))
+        result.update({"engine": engine, "model": str(spec.model), "server_startup_s": server.startup_s})
+        report.artifact("benchmark_result", result)
+    for artifact, name in (("guidellm_report", "guidellm_report.json"),
+                           ("guidellm_report_html", "guidellm_report.html"),
+                           ("guidellm_scenario", "guidellm_scenario.json"), ("guidellm_log", "guidellm.log")):
+        path = work / "guidellm" / name
+        if path.is_file():
+            report.artifact(artifact, path)
+    wall = round(time.monotonic() - started, 2)
+    report.scalar("time", "wall_s", wall)
+    report.scalar("memory", "peak_rss_mb", peak_rss_mb())
+    if failure is not None:
+        raise failure
+    report.progress(100, "done")
+
+
+if __name__ == "__main__":
+    run(main, kind="benchmark")

@@ -1,0 +1,80 @@
+"""Turn a spec's ModelRef into a local directory inside a core script."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from automation.scripts.lib import set_offline_env
+from automation.specs.model_ref import ModelRef
+
+
+class ModelInputError(RuntimeError):
+    """The model named by the spec could not be made available locally."""
+
+
+def _task_input_model(report: Any, model_id: str) -> Path | None:
+    """The task's connected input model, when it is the one the spec names (lineage path)."""
+    task = getattr(report, "task", None)
+    if task is None:
+        return None
+    for model in (task.models.get("input") or []):
+        if str(getattr(model, "id", "")) == model_id:
+            return Path(model.get_local_copy(raise_on_error=True))
+    return None
+
+
+def _model_dir(path: Path) -> Path:
+    """A downloaded package may hold the model one directory down."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        subdirs = [p for p in path.iterdir() if p.is_dir()]
+        if len(subdirs) == 1 and (subdirs[0] / "config.json").is_file():
+            return subdirs[0]
+    return path
+
+
+def local_model_dir(ref: ModelRef, report: Any) -> Path:
+    """A local directory holding the model `ref` names (downloaded or read from a cache as needed)."""
+    set_offline_env()
+    if ref.source == "path":
+        return Path(ref.id)
+    if ref.source == "hf":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(ref.id, revision=ref.revision))
+        except Exception as exc:
+            raise ModelInputError(f"model hf:{ref.id} is not available ({type(exc).__name__}: {exc}); "
+                                  "offline runs need it in the local Hugging Face cache") from exc
+    path = _task_input_model(report, ref.id)
+    if path is None:
+        from clearml import InputModel
+
+        try:
+            model = InputModel(model_id=ref.id)
+            local = model.get_local_copy(raise_on_error=True)
+        except Exception as exc:
+            raise ModelInputError(f"ClearML model {ref.id} could not be fetched ({type(exc).__name__}: {exc})") \
+                from exc
+        path = Path(local)
+    return _model_dir(path)
+
+
+def work_dir(report: Any, kind: str) -> Path:
+    """Where a script writes its outputs: the --out directory of a direct run, else a temp dir."""
+    out = getattr(report, "out_dir", None)
+    if out is not None:
+        path = Path(out) / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix=f"automation-{kind}-"))
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False

@@ -1,0 +1,66 @@
+"""The `benchmark` kind: a managed inference server under a GuideLLM workload profile."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from automation.specs.base import TaskSpec, volatile
+from automation.specs.model_ref import ModelRef
+from automation.specs.registry import register
+from automation.standards import Profile, StandardError, inline_if_file, load_profile_model
+
+BENCHMARK_PACKAGES = ("guidellm==0.8.1",)
+
+
+@register
+class BenchmarkSpec(TaskSpec):
+    kind: ClassVar[str] = "benchmark"
+    script_module: ClassVar[str] = "automation.scripts.benchmark"
+    base_packages: ClassVar[tuple[str, ...]] = BENCHMARK_PACKAGES
+
+    model: ModelRef = Field(description="model to serve: hf:org/name[@rev], a local path, clearml:<model id>")
+    tokenizer: ModelRef | None = Field(None, description="tokenizer for GuideLLM's synthetic prompts "
+                                                         "(default: the model's own)")
+    profile: str = Field(description="workload profile: a standard name (smoke, chat, rag, summarization, "
+                                     "code_completion, long_context), a file path, or inline YAML")
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="server: auto = vllm with a GPU, else transformers serve")
+    server_args: tuple[str, ...] = Field((), description="extra server command-line arguments")
+    server_env: dict[str, str] = Field(default_factory=dict, description="extra server environment variables")
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs for the server (tensor parallel); none = default")
+    max_error_fraction: float | None = Field(None, ge=0, le=1, description="fail the task when more requests "
+                                                                           "error (default: the profile's)")
+    seed: int = Field(42, ge=0, description="GuideLLM data seed")
+    startup_timeout_s: float = volatile(900.0, gt=0, description="deadline for the server to become ready")
+    benchmark_timeout_s: float | None = volatile(None, gt=0, description="deadline for GuideLLM itself")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        try:
+            value = inline_if_file("profile", value)
+            load_profile_model(value)
+        except StandardError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_known(cls, value: ModelRef | None, info: ValidationInfo) -> ModelRef | None:
+        source = value or info.data.get("model")
+        if isinstance(source, ModelRef) and source.has_tokenizer() is False:
+            raise ValueError(f"{source.id} holds no tokenizer files; give `tokenizer` (GuideLLM needs one to "
+                             "build its prompts)")
+        return value
+
+    def resolved_profile(self) -> Profile:
+        return load_profile_model(self.profile)
+
+    def input_model_id(self) -> str | None:
+        return self.model.clearml_model_id
+
+    def task_name(self) -> str:
+        return self.name or (f"benchmark-{self.model.short_name()}-{self.resolved_profile().name}-"
+                             f"{self.identity()[:8]}")

@@ -1,0 +1,167 @@
+"""The three kinds for real, each THROUGH THE LOCAL STACK AND A REAL AGENT (`flows.bridge.execute`).
+
+tiny model (built here) -> compress w4a16 / w8a8 / fp8_dynamic (local-path input) -> evaluate the
+base and the w8a8 model on `tiny` (the compressed one as a ClearML model id, so the agent downloads
+it from the file server) -> benchmark the w8a8 model with `smoke`. Tasks are spread over the `gpu`
+and `cpu` queues (one agent each) so two run at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from automation.results import TaskResult
+from automation.specs.base import TaskSpec
+from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.compress import CompressSpec
+from automation.specs.evaluate import EvaluateSpec
+from automation.specs.model_ref import ModelRef
+from tests.conftest import StackHandle
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "OMP_NUM_THREADS": "1"}
+PROJECT = "e2e-kinds"
+TIMINGS: dict[str, float] = {}
+
+
+def run_all(*specs: TaskSpec) -> list[TaskResult]:
+    """Run specs concurrently through the bridge (find-or-create by identity, then await)."""
+    from flows.bridge import backend, execute
+
+    async def go() -> list[TaskResult]:
+        try:
+            return list(await asyncio.gather(*(
+                execute(s, max_wait_s=300, input_model_id=getattr(s, "input_model_id", lambda: None)())
+                for s in specs)))
+        finally:
+            await backend().aclose()
+
+    return asyncio.run(go())
+
+
+def ok(result: TaskResult) -> TaskResult:
+    assert result.status == "completed", f"{result.kind} task {result.task_id}: {result.status_message}"
+    if result.duration_s is not None:
+        TIMINGS[f"{result.kind}:{result.task_id[:6]}"] = result.duration_s
+    return result
+
+
+@pytest.fixture(scope="module")
+def stack(local_stack: StackHandle) -> Iterator[StackHandle]:
+    yield local_stack
+    print("\ntask durations (s):", json.dumps(TIMINGS, indent=1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("kinds") / "tiny"
+    subprocess.run([sys.executable, "-m", "automation.scripts.lib.tiny_model", "--out", str(out)],
+                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def compressed(stack: StackHandle, tiny: Path) -> dict[str, TaskResult]:
+    common: dict[str, Any] = {"project": PROJECT, "model": str(tiny), "calibration": "tiny", "num_samples": 16,
+                              "max_seq_length": 64}
+    specs = {
+        "w4a16": CompressSpec(**common, recipe="w4a16", queue="cpu"),
+        "w8a8": CompressSpec(**common, recipe="w8a8", queue="gpu"),
+    }
+    results = dict(zip(specs, run_all(*specs.values()), strict=True))
+    # fp8 runs next to the base evaluation (see `evals`) to keep both agents busy.
+    return {name: ok(r) for name, r in results.items()}
+
+
+@pytest.fixture(scope="module")
+def evals_and_fp8(stack: StackHandle, tiny: Path, compressed: dict[str, TaskResult]) -> dict[str, TaskResult]:
+    fp8 = CompressSpec(project=PROJECT, model=str(tiny), recipe="fp8_dynamic", calibration=None, queue="cpu")
+    base = EvaluateSpec(project=PROJECT, model=str(tiny), suite="tiny", queue="gpu")
+    w8a8 = EvaluateSpec(project=PROJECT, model=ModelRef.from_result(compressed["w8a8"]), suite="tiny",
+                        queue="gpu")
+    r_fp8, r_base = run_all(fp8, base)
+    bench = BenchmarkSpec(project=PROJECT, model=ModelRef.from_result(compressed["w8a8"]), profile="smoke",
+                          queue="cpu", startup_timeout_s=180)
+    r_w8a8, r_bench = run_all(w8a8, bench)
+    return {"fp8_dynamic": ok(r_fp8), "base": ok(r_base), "w8a8": ok(r_w8a8), "bench": ok(r_bench)}
+
+
+def test_compress_reports_and_uploads_loadable_models(compressed: dict[str, TaskResult],
+                                                      evals_and_fp8: dict[str, TaskResult],
+                                                      tmp_path: Path) -> None:
+    from clearml import InputModel
+
+    results = {**compressed, "fp8_dynamic": evals_and_fp8["fp8_dynamic"]}
+    for name, result in results.items():
+        assert result.model_id and result.model_url and result.model_url.startswith("http"), name
+        assert {"recipe", "compress_result"} <= set(result.artifacts), name
+        v = result.values
+        assert 0 < v["size/after_mb"].value < v["size/before_mb"].value, name
+        assert v["size/ratio"].value < 0.6 and v["memory/peak_rss_mb"].value > 0, name
+        assert v["time/compute_s"].value > 0 and v["time/wall_s"].value >= v["time/compute_s"].value, name
+    # downloadable from the file server and loadable with plain transformers
+    local = Path(InputModel(model_id=results["w4a16"].model_id).get_local_copy(raise_on_error=True))
+    model_dir = local if (local / "config.json").is_file() else next(p.parent for p in local.rglob("config.json"))
+    assert (model_dir / "recipe.yaml").is_file()
+    code = ("import sys; from automation.scripts.lib.compress_core import load_and_generate; "
+            "r = load_and_generate(sys.argv[1]); assert r['new_tokens'] >= 1, r; print(r)")
+    subprocess.run([sys.executable, "-c", code, str(model_dir)], cwd=REPO, env=ENV, check=True, timeout=120,
+                   capture_output=True)
+
+
+def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str, TaskResult],
+                                                         compressed: dict[str, TaskResult]) -> None:
+    base, w8a8 = evals_and_fp8["base"], evals_and_fp8["w8a8"]
+    for result in (base, w8a8):
+        v = result.values
+        for name in ("tiny_mc/acc", "tiny_mc/acc_norm", "tiny_gen/exact_match,strip", "tiny/acc"):
+            assert 0.0 <= v[name].value <= 1.0 and v[name].samples is not None, name
+            stderr = v[name].stderr
+            assert stderr is not None and stderr >= 0, name
+        assert v["tiny_mc/acc"].samples == 32 and v["tiny/acc"].samples == 96
+        assert 1.0 <= v["tiny_ppl/word_perplexity"].value < 5.0
+        assert "suite/tiny_average" in v and "eval_results" in result.artifacts
+        assert result.scalars["tiny_mc/acc"] == v["tiny_mc/acc"].value
+    assert base.values["tiny_mc/acc"].value >= 0.9 and base.values["tiny_gen/exact_match,strip"].value >= 0.9
+    for name in ("tiny_mc/acc", "tiny_gen/exact_match,strip"):
+        assert w8a8.values[name].value / base.values[name].value >= 0.95, name  # recovery near 1
+    ratio = w8a8.values["tiny_ppl/word_perplexity"].value / base.values["tiny_ppl/word_perplexity"].value
+    assert ratio <= 1.05
+    # the metrics were attached to the input ClearML model
+    from clearml import InputModel
+
+    metadata = InputModel(model_id=compressed["w8a8"].model_id).get_all_metadata()
+    assert float(metadata["eval/tiny_mc/acc"]["value"]) == w8a8.values["tiny_mc/acc"].value
+
+
+def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, TaskResult]) -> None:
+    bench = evals_and_fp8["bench"]
+    v = bench.values
+    for metric in ("ttft_ms", "itl_ms", "tpot_ms", "request_latency_s"):
+        for stat in ("median", "p90", "p99"):
+            assert v[f"synchronous/{metric}/{stat}"].value > 0, (metric, stat)
+    assert v["synchronous/requests_per_s"].value > 0 and v["synchronous/output_tokens_per_s"].value > 0
+    assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 6
+    assert v["error_fraction"].value == 0
+    assert {"server_log", "guidellm_report", "benchmark_result"} <= set(bench.artifacts)
+
+
+def test_a_second_run_reuses_finished_work(compressed: dict[str, TaskResult], tiny: Path) -> None:
+    started = time.monotonic()
+    (again,) = run_all(CompressSpec(project=PROJECT, model=str(tiny), recipe="w4a16", calibration="tiny",
+                                    num_samples=16, max_seq_length=64, queue="gpu"))  # queue is not identity
+    assert again.reused and again.task_id == compressed["w4a16"].task_id
+    assert time.monotonic() - started < 10

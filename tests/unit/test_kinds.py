@@ -1,0 +1,201 @@
+"""The compress / evaluate / benchmark kinds: validation, task-form round trip, identity, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from automation.cli_task import parse_overrides, spec_from_cli, standards_app, task_app
+from automation.results import TaskResult
+from automation.specs import SpecError, get_kind
+from automation.specs.base import TaskSpec, build
+from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.compress import CompressSpec
+from automation.specs.evaluate import EvaluateSpec
+from automation.specs.model_ref import ModelRef
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A model directory as far as validation looks: config.json and tokenizer files."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 128,
+                                               "intermediate_size": 256}))
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def examples(model_dir: Path) -> dict[str, TaskSpec]:
+    return {
+        "compress": CompressSpec(model=str(model_dir), recipe="w4a16", recipe_args={"group_size": 64},
+                                 calibration="tiny", num_samples=16, queue="cpu"),
+        "evaluate": EvaluateSpec(model="clearml:0123456789abcdef", suite="tiny", limit=8, batch_size="auto",
+                                 vllm_args={"max_model_len": 2048}),
+        "benchmark": BenchmarkSpec(model="hf:org/model@main", tokenizer=str(model_dir), profile="smoke",
+                                   server_args=("--max-num-seqs", "8"), server_env={"A": "1"}, gpus=2),
+    }
+
+
+@pytest.mark.parametrize("kind", ["compress", "evaluate", "benchmark"])
+def test_round_trip_through_the_task_form(kind: str, model_dir: Path) -> None:
+    spec = examples(model_dir)[kind]
+    cls = get_kind(kind)
+    args, conf = spec.to_args(), spec.to_configuration()
+    assert "model" in conf and "model" not in args  # nested -> configuration object
+    back = cls.from_task_form(args, conf)
+    assert back == spec and back.identity() == spec.identity()
+    # the direct-run path reads the same form
+    assert build(cls, json.loads(spec.model_dump_json())) == spec
+
+
+def test_args_and_configuration_split(model_dir: Path) -> None:
+    assert set(CompressSpec.arg_fields()) >= {"recipe", "calibration", "num_samples", "max_seq_length", "seed"}
+    assert set(CompressSpec.config_fields()) == {"model", "recipe_args"}
+    assert set(EvaluateSpec.config_fields()) == {"model", "tasks", "vllm_args"}
+    assert set(BenchmarkSpec.config_fields()) == {"model", "tokenizer", "server_args", "server_env"}
+    spec = examples(model_dir)["evaluate"]
+    assert spec.to_args()["batch_size"] == ("auto", "str") and spec.to_args()["limit"] == ("8.0", "float")
+
+
+def test_identity_ignores_queue_and_names_but_not_recipe_arguments(model_dir: Path) -> None:
+    spec = examples(model_dir)["compress"]
+    assert spec.model_copy(update={"queue": "gpu", "name": "x", "tags": ("t",)}).identity() == spec.identity()
+    other = CompressSpec(**{**spec.model_dump(), "recipe_args": {"group_size": 32}})
+    assert other.identity() != spec.identity()
+    assert "llmcompressor==0.14.0.1" in spec.identity_payload()["spec"]["packages"]
+
+
+def test_identity_is_stable_across_processes(model_dir: Path) -> None:
+    spec = examples(model_dir)["compress"]
+    code = ("import json,sys; from automation.specs.compress import CompressSpec; "
+            "print(CompressSpec.model_validate(json.loads(sys.argv[1])).identity())")
+    out = subprocess.run([sys.executable, "-c", code, spec.model_dump_json()], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == spec.identity()
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"recipe": "w4a17"}, r"recipe: .*unknown recipe 'w4a17'; known: fp8_dynamic, w4a16, w8a8"),
+        ({"recipe_args": {"group_sz": 64}}, r"recipe_args: .*unknown argument\(s\) \['group_sz'\]"),
+        ({"recipe_args": {"group_size": "64"}}, r"recipe_args: .*'group_size' must be int"),
+        ({"recipe_args": {"group_size": 96}}, r"recipe_args: .*'group_size'=96 does not divide hidden_size=128"),
+        ({"model": "/does/not/exist"}, r"model: .*model path '/does/not/exist' does not exist"),
+        ({"calibration": "not a dataset"}, r"calibration: .*unknown calibration dataset"),
+        ({"num_samples": 0}, r"num_samples: "),
+        ({"recipe": "a: [\n b"}, r"recipe: .*not valid YAML"),
+    ],
+)
+def test_compress_validation_names_the_field(values: dict[str, Any], match: str, model_dir: Path) -> None:
+    base = {"model": str(model_dir), "recipe": "w4a16", "calibration": "tiny"}
+    with pytest.raises(SpecError, match=match):
+        build(CompressSpec, {**base, **values})
+
+
+def test_group_size_is_only_checked_when_the_config_is_readable() -> None:
+    spec = CompressSpec(model="hf:nobody/not-cached", recipe="w4a16", recipe_args={"group_size": 96})
+    assert spec.recipe_name() == "w4a16"
+
+
+def test_recipe_file_is_stored_inline(tmp_path: Path, model_dir: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text((REPO / "automation/standards/recipes/fp8_dynamic.yaml").read_text())
+    spec = CompressSpec(model=str(model_dir), recipe=str(path), calibration=None)
+    assert spec.recipe.startswith("# Recipe template") and not spec.needs_calibration()
+    assert spec.recipe_name() == "<inline>"
+
+
+def test_evaluate_and_benchmark_validation(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"suite: .*unknown suite 'opnellm'; known: leaderboard, openllm, tiny"):
+        build(EvaluateSpec, {"model": str(model_dir), "suite": "opnellm"})
+    with pytest.raises(SpecError, match="give a suite or tasks"):
+        build(EvaluateSpec, {"model": str(model_dir)})
+    assert EvaluateSpec(model=str(model_dir), tasks=("arc_easy",)).resolved_suite() is None
+    with pytest.raises(SpecError, match=r"profile: Field required"):
+        build(BenchmarkSpec, {"model": str(model_dir)})
+    with pytest.raises(SpecError, match=r"profile: .*unknown profile 'smok'"):
+        build(BenchmarkSpec, {"model": str(model_dir), "profile": "smok"})
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    with pytest.raises(SpecError, match=r"tokenizer: .*holds no tokenizer files"):
+        build(BenchmarkSpec, {"model": str(bare), "profile": "smoke"})
+    assert BenchmarkSpec(model=str(bare), tokenizer=str(model_dir), profile="smoke").tokenizer is not None
+
+
+def test_invalid_hocon_in_the_task_form_is_named(model_dir: Path) -> None:
+    spec = examples(model_dir)["compress"]
+    conf = spec.to_configuration()
+    conf["recipe_args"] = "recipe_args { group_size = "
+    with pytest.raises(SpecError, match="invalid HOCON in configuration 'recipe_args'"):
+        CompressSpec.from_task_form(spec.to_args(), conf)
+    args = spec.to_args()
+    args["num_samples"] = ("many", "int")
+    with pytest.raises(SpecError, match="Args/num_samples: 'many'"):
+        CompressSpec.from_task_form(args, spec.to_configuration())
+
+
+def test_model_ref_forms(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ModelRef.model_validate("hf:org/name@v1") == ModelRef(source="hf", id="org/name", revision="v1")
+    assert ModelRef.model_validate("org/name").source == "hf"
+    assert ModelRef.model_validate("clearml:abcdef123456").clearml_model_id == "abcdef123456"
+    monkeypatch.chdir(model_dir.parent)
+    ref = ModelRef.model_validate("./tiny")
+    assert ref.source == "path" and ref.id == str(model_dir.resolve()) and ref.config() is not None
+    result = TaskResult(task_id="t1", kind="compress", identity="i", status="completed", web_url="u",
+                        model_id="m0123456789")
+    from_result = ModelRef.from_result(result)
+    assert from_result.clearml_model_id == "m0123456789" and from_result.upstream_task == "t1"
+    spec = EvaluateSpec(model=from_result, suite="tiny")
+    assert spec.input_model_id() == "m0123456789"
+    with pytest.raises(ValueError, match="no output model"):
+        ModelRef.from_result(result.model_copy(update={"model_id": None}))
+    with pytest.raises(ValueError, match="revision applies"):
+        ModelRef(source="clearml", id="abcdef123456", revision="x")
+
+
+def test_cli_parses_dotted_overrides_by_field_type(model_dir: Path) -> None:
+    values = parse_overrides(CompressSpec, [
+        "--model", str(model_dir), "--recipe", "w4a16", "--recipe_args.group_size", "64",
+        "--recipe-args.ignore", '["lm_head", "re:.*gate"]', "--num-samples=8", "--calibration", "none",
+        "--tags", "a,b", "--code.working_dir", "sub", "--verify", "false"])
+    assert values["recipe_args"] == {"group_size": 64, "ignore": ["lm_head", "re:.*gate"]}
+    assert values["num_samples"] == 8 and values["verify"] is False
+    assert build(CompressSpec, values).calibration is None  # type: ignore[attr-defined]
+    assert values["tags"] == ["a", "b"] and values["code"] == {"working_dir": "sub"}
+    spec = spec_from_cli("evaluate", ["--model", str(model_dir), "--tasks", '["x","y"]', "--limit", "4",
+                                      "--batch-size", "auto", "--vllm_args.max_model_len", "4096"])
+    assert isinstance(spec, EvaluateSpec)
+    assert spec.tasks == ("x", "y") and spec.limit == 4.0 and spec.batch_size == "auto"
+    assert spec.vllm_args == {"max_model_len": 4096}
+    with pytest.raises(SpecError, match=r"--num-samples: 'x' is not a valid value"):
+        parse_overrides(CompressSpec, ["--num-samples", "x"])
+    with pytest.raises(SpecError, match=r"--recipee: unknown field"):
+        parse_overrides(CompressSpec, ["--recipee", "w4a16"])
+
+
+def test_cli_commands(model_dir: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(standards_app, ["list", "--json"])
+    assert out.exit_code == 0, out.output
+    assert set(json.loads(out.output)) == {"recipes", "suites", "profiles"}
+    out = runner.invoke(task_app, ["fields", "benchmark"], terminal_width=200)
+    assert out.exit_code == 0 and "max_error_fraction" in out.output and "configuration" in out.output
+    out = runner.invoke(task_app, ["submit", "compress", "--model", str(model_dir), "--recipe", "w4a16",
+                                   "--recipe_args.group_size", "96", "--dry-run"], terminal_width=200)
+    assert out.exit_code == 2 and "does not divide hidden_size=128" in out.output
+    out = runner.invoke(task_app, ["submit", "compress", "--model", str(model_dir), "--recipe", "w8a8",
+                                   "--calibration", "tiny", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["recipe"] == "w8a8"
+    out = runner.invoke(task_app, ["fields", "nope"])
+    assert out.exit_code == 2

@@ -1,0 +1,122 @@
+"""Standards: lookup by name, file path and inline YAML; unknown names list the known ones;
+suite averages with the leaderboard's normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from automation.standards import (
+    StandardError,
+    StandardNotFoundError,
+    list_standards,
+    load_profile,
+    load_profile_model,
+    load_suite,
+    resolve,
+    suite_averages,
+    suite_dir,
+)
+from automation.standards.recipes import RecipeError, load_template, render_recipe
+
+
+def test_every_shipped_standard_loads_and_is_listed() -> None:
+    listed = list_standards()
+    assert [n for n, _ in listed["recipes"]] == ["fp8_dynamic", "w4a16", "w8a8"]
+    assert {"tiny", "openllm", "leaderboard"} <= {n for n, _ in listed["suites"]}
+    assert {"chat", "rag", "summarization", "code_completion", "long_context", "smoke"} <= {
+        n for n, _ in listed["profiles"]}
+    for kind in listed.values():
+        for name, description in kind:
+            assert description and "\n" not in description, name
+    for name, _ in listed["recipes"]:
+        assert isinstance(yaml.safe_load(render_recipe(name)), dict)
+    for name, _ in listed["suites"]:
+        load_suite(name)
+    for name, _ in listed["profiles"]:
+        assert load_profile(name)["name"] == name
+
+
+@pytest.mark.parametrize(("kind", "bad"), [("recipe", "w4a17"), ("suite", "opnellm"), ("profile", "chatt")])
+def test_unknown_names_list_the_known_ones(kind: str, bad: str) -> None:
+    with pytest.raises(StandardNotFoundError, match=rf"unknown {kind} '{bad}'; known: "):
+        resolve(kind, bad)  # type: ignore[arg-type]
+    with pytest.raises(StandardError, match="does not exist"):
+        resolve(kind, f"/nonexistent/{bad}.yaml")  # type: ignore[arg-type]
+
+
+def test_lookup_by_file_path_and_inline(tmp_path: Path) -> None:
+    profile = "description: mine\nprompt_tokens: 4\noutput_tokens: 2\nmax_requests: 3\n"
+    path = tmp_path / "mine.yaml"
+    path.write_text(profile)
+    assert load_profile_model(str(path)).name == "mine"
+    inline = load_profile_model(profile)
+    assert inline.name == "<inline>" and inline.max_requests == 3
+    with pytest.raises(StandardError, match="never ends"):
+        load_profile_model("prompt_tokens: 4\noutput_tokens: 2\n")
+    with pytest.raises(StandardError, match="needs 'rates'"):
+        load_profile_model("rate_type: concurrent\nprompt_tokens: 4\noutput_tokens: 2\nmax_requests: 3\n")
+    with pytest.raises(StandardError, match="not valid YAML"):
+        load_profile_model("a: [\nb")
+    suite = load_suite("tasks: [arc_easy, {task: hellaswag, num_fewshot: 10}]\n")
+    assert suite.task_names() == ["arc_easy", "hellaswag"] and suite.tasks[1].num_fewshot == 10
+    with pytest.raises(StandardError, match="include_path"):
+        load_suite("include_path: nowhere\ntasks: [x]\n")
+
+
+def test_recipe_template_by_path_inline_and_plain_recipe(tmp_path: Path) -> None:
+    plain = "stage:\n  mods:\n    QuantizationModifier:\n      targets: [Linear]\n      scheme: FP8_DYNAMIC\n"
+    assert yaml.safe_load(render_recipe(plain)) == yaml.safe_load(plain)
+    with pytest.raises(RecipeError, match="unknown argument"):
+        render_recipe(plain, {"x": 1})
+    path = tmp_path / "custom.yaml"
+    path.write_text((Path(__file__).parents[2] / "automation/standards/recipes/w4a16.yaml").read_text())
+    assert render_recipe(str(path), {"group_size": 64}) == render_recipe("w4a16", {"group_size": 64})
+    assert not load_template("fp8_dynamic").needs_calibration and load_template("w8a8").needs_calibration
+    with pytest.raises(RecipeError, match="must be int"):
+        render_recipe("w4a16", {"group_size": "64"})
+
+
+def test_tiny_suite_points_at_its_local_tasks() -> None:
+    assert (suite_dir("tiny") / "tiny_mc.yaml").is_file()
+    with pytest.raises(StandardError, match="no local task directory"):
+        suite_dir("openllm")
+    openllm = load_suite("openllm")
+    assert {t.task: t.num_fewshot for t in openllm.tasks} == {
+        "arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0, "winogrande": 5, "gsm8k": 5}
+
+
+def _summary(values: dict[str, dict[str, float]]) -> dict[str, object]:
+    return {"tasks": {t: {"metrics": {m: {"value": v} for m, v in ms.items()}} for t, ms in values.items()},
+            "groups": {}}
+
+
+def test_leaderboard_average_normalises_like_the_open_llm_leaderboard() -> None:
+    suite = load_suite("leaderboard")
+    (avg,) = suite.averages
+    values: dict[str, dict[str, float]] = {
+        "leaderboard_ifeval": {"prompt_level_strict_acc": 0.5, "inst_level_strict_acc": 0.7},
+        "leaderboard_math_hard": {"exact_match": 0.2},
+        "leaderboard_gpqa": {"acc_norm": 0.25},      # chance level -> 0
+        "leaderboard_mmlu_pro": {"acc": 0.55},       # (0.55 - 0.1) / 0.9 = 0.5
+    }
+    bbh = next(m for m in avg.members if m.task == "leaderboard_bbh")
+    musr = next(m for m in avg.members if m.task == "leaderboard_musr")
+    assert len(bbh.subtasks) == 24 and bbh.subtasks["leaderboard_bbh_boolean_expressions"] == 0.5
+    for sub in bbh.subtasks:
+        values[sub] = {"acc_norm": 1.0}              # perfect -> 1
+    for sub, chance in musr.subtasks.items():
+        values[sub] = {"acc_norm": chance / 2}       # below chance -> clipped at 0
+    got = suite_averages(suite, _summary(values))["leaderboard_average"]
+    assert got == pytest.approx((0.6 + 1.0 + 0.2 + 0.0 + 0.0 + 0.5) / 6)
+    del values["leaderboard_gpqa"]
+    assert "leaderboard_average" not in suite_averages(suite, _summary(values)), "partial averages mislead"
+
+
+def test_openllm_average_is_the_plain_mean() -> None:
+    values = {"arc_challenge": {"acc_norm": 0.6}, "hellaswag": {"acc_norm": 0.8}, "mmlu": {"acc": 0.5},
+              "truthfulqa_mc2": {"acc": 0.4}, "winogrande": {"acc": 0.7},
+              "gsm8k": {"exact_match,strict-match": 0.3}}
+    assert suite_averages(load_suite("openllm"), _summary(values))["openllm_average"] == pytest.approx(3.3 / 6)
