@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,9 @@ IDENTITY_TAG = "identity:"
 FLOW_RUN_TAG = "prefect-flow-run:"
 TASK_RUN_TAG = "prefect-task-run:"
 KIND_TAG = "kind:"
+SUBMISSION_TAG = "submission:"
+QUEUE_TAG = "queue:"  # the queue a task was created for (execution.queue is not kept after a run)
+STATUS_BATCH = 500  # the ClearML server's largest page
 STATUS_FIELDS = ["id", "status", "status_message", "status_reason", "status_changed", "last_update",
                  "runtime", "execution.queue", "started", "completed", "last_worker", "tags"]
 
@@ -46,6 +50,10 @@ class BackendError(RuntimeError):
 
 class BackendUnavailable(BackendError):
     """The server could not be reached (after bounded retries)."""
+
+
+class ServerUnreachable(BackendUnavailable):
+    """Connections to the server were refused: a wrong URL or a server that is down."""
 
 
 class ApiCallError(BackendError):
@@ -86,10 +94,12 @@ class ClearMLBackend:
         self._client: httpx.AsyncClient | None = None
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
+        self._project_lock = asyncio.Lock()
         self._projects: dict[str, str] = {}
         self._queues: dict[str, str] = {}
         self._queue_names: dict[str, str] = {}
-        self.calls = 0  # API calls made, for overhead measurements
+        self.calls = 0  # HTTP requests made (retries included), for overhead measurements
+        self.endpoint_calls: dict[str, int] = {}  # logical API calls by endpoint (retries not counted)
 
     # -- transport --------------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -118,6 +128,7 @@ class ClearMLBackend:
     async def call(self, endpoint: str, body: Mapping[str, Any] | None = None,
                    retry_for_s: float | None = None) -> dict[str, Any]:
         """One API call, retried on transient failures; re-login once on an expired token."""
+        self.endpoint_calls[endpoint] = self.endpoint_calls.get(endpoint, 0) + 1
         token = self._token or await self._login()
         try:
             return await self._send(endpoint, body or {}, token=token, retry_for_s=retry_for_s)
@@ -158,7 +169,7 @@ class ClearMLBackend:
                         # give up after a few tries so bad config fails in seconds.
                         connect_failures += 1
                         if connect_failures >= self.connect_attempts:
-                            raise BackendUnavailable(
+                            raise ServerUnreachable(
                                 f"ClearML API server {self.settings.api_host} is unreachable "
                                 f"({endpoint}: connection refused {connect_failures} times)"
                             ) from None
@@ -191,17 +202,29 @@ class ClearMLBackend:
     async def project_id(self, name: str, create: bool = True) -> str:
         if name in self._projects:
             return self._projects[name]
+        async with self._project_lock:
+            if name not in self._projects:
+                self._projects[name] = await self._lookup_or_create_project(name, create)
+        return self._projects[name]
+
+    async def _lookup_or_create_project(self, name: str, create: bool) -> str:
         found = (await self.call("projects.get_all", {"name": f"^{_re_escape(name)}$",
                                                        "only_fields": ["id", "name"]}))["projects"]
         found = [p for p in found if p.get("name") == name]
         if found:
-            pid = str(found[0]["id"])
-        elif create:
-            pid = str((await self.call("projects.create", {"name": name, "description": ""}))["id"])
-        else:
+            return str(found[0]["id"])
+        if not create:
             raise BackendError(f"no ClearML project named '{name}'")
-        self._projects[name] = pid
-        return pid
+        try:
+            return str((await self.call("projects.create", {"name": name, "description": ""}))["id"])
+        except ApiCallError:
+            # Another process created it between our lookup and create: look again.
+            again = (await self.call("projects.get_all", {"name": f"^{_re_escape(name)}$",
+                                                           "only_fields": ["id", "name"]}))["projects"]
+            again = [p for p in again if p.get("name") == name]
+            if not again:
+                raise
+            return str(again[0]["id"])
 
     async def queue_id(self, name: str) -> str:
         """The queue's id; a missing queue is an error listing the queues that exist."""
@@ -259,7 +282,7 @@ class ClearMLBackend:
             script.update({"repository": code.repository, "version_num": code.commit, "branch": ""})
         identity = spec.identity()
         all_tags = list(dict.fromkeys([*spec.tags, f"{KIND_TAG}{spec.kind}", f"{IDENTITY_TAG}{identity}",
-                                       *tags]))
+                                       f"{QUEUE_TAG}{spec.queue}", *tags]))
         body: dict[str, Any] = {
             "name": spec.task_name(),
             "project": project_id,
@@ -280,14 +303,44 @@ class ClearMLBackend:
                      properties: Mapping[str, str] | None = None,
                      input_model_id: str | None = None) -> str:
         body = self.task_body(spec, await self.project_id(spec.project), tags, properties)
+        input_model_id = input_model_id or spec.input_model_id()
         if input_model_id:
             body["models"] = {"input": [{"name": "input", "model": input_model_id}], "output": []}
-        return str((await self.call("tasks.create", body))["id"])
+        # tasks.create is not idempotent: if its answer is lost after the server stored the task,
+        # a blind retry makes a duplicate. A per-submission tag lets us look before retrying.
+        submission = f"{SUBMISSION_TAG}{uuid.uuid4().hex[:16]}"
+        body["tags"] = [*body["tags"], submission]
+        deadline = asyncio.get_running_loop().time() + self.retry_for_s
+        delay = 0.2
+        while True:
+            try:
+                return str((await self.call("tasks.create", body, retry_for_s=0))["id"])
+            except BackendUnavailable:
+                found = (await self.call("tasks.get_all", {"tags": [submission], "only_fields": ["id"],
+                                                           "search_hidden": True}))["tasks"]
+                if found:
+                    return str(found[0]["id"])
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def enqueue(self, task_id: str, queue: str) -> None:
         await self.queue_id(queue)  # fail with the list of queues rather than a bare 400
-        await self.call("tasks.enqueue", {"task": task_id, "queue_name": queue,
-                                          "status_reason": "enqueued by automation"})
+        body = {"task": task_id, "queue_name": queue, "status_reason": "enqueued by automation"}
+        deadline = asyncio.get_running_loop().time() + self.retry_for_s
+        while True:
+            try:
+                await self.call("tasks.enqueue", body, retry_for_s=0)
+                return
+            except (BackendUnavailable, ApiCallError) as err:
+                # A lost answer to an enqueue that happened, or a refused second enqueue: look.
+                status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+                if status in ("queued", "in_progress", "completed", "published"):
+                    return
+                if isinstance(err, ApiCallError) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def find_by_identity(self, identity: str, include_archived: bool = False) -> list[dict[str, Any]]:
         """Tasks carrying the identity tag, newest first."""
@@ -306,12 +359,15 @@ class ClearMLBackend:
         return list((await self.call("tasks.get_all", body))["tasks"])
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Status of any number of tasks in ONE call."""
-        if not task_ids:
-            return {}
-        data = await self.call("tasks.get_all", {"id": list(task_ids), "only_fields": STATUS_FIELDS,
-                                                  "search_hidden": True})
-        return {str(t["id"]): t for t in data["tasks"]}
+        """Status of any number of tasks in ONE call (one per STATUS_BATCH tasks)."""
+        out: dict[str, dict[str, Any]] = {}
+        ids = list(dict.fromkeys(task_ids))
+        for start in range(0, len(ids), STATUS_BATCH):  # one call up to the server's page size
+            chunk = ids[start:start + STATUS_BATCH]
+            data = await self.call("tasks.get_all", {"id": chunk, "only_fields": STATUS_FIELDS,
+                                                      "search_hidden": True, "page": 0, "page_size": len(chunk)})
+            out.update({str(t["id"]): t for t in data["tasks"]})
+        return out
 
     async def stop(self, task_id: str, reason: str) -> str:
         """Dequeue a queued task, stop a running one; returns what was done."""
@@ -379,7 +435,8 @@ class ClearMLBackend:
             identity=identity,
             status=task.get("status", "unknown"),
             web_url=self.web_url(task_id, task.get("project")),
-            queue=await self.queue_name((task.get("execution") or {}).get("queue")),
+            queue=tag_value(task.get("tags") or [], QUEUE_TAG)
+            or await self.queue_name((task.get("execution") or {}).get("queue")),
             status_message=str(task.get("status_message") or ""),
             scalars=scalars,
             values=group_single_values(raw_values),
@@ -390,6 +447,14 @@ class ClearMLBackend:
             completed=_ts(task.get("completed")),
             reused=reused,
         )
+
+
+def tag_value(tags: Iterable[str], prefix: str) -> str | None:
+    """The value of the first `prefix<value>` tag, if any."""
+    for tag in tags:
+        if tag.startswith(prefix):
+            return tag[len(prefix):]
+    return None
 
 
 def _ts(value: Any) -> datetime | None:

@@ -189,7 +189,7 @@ def spec_from_cli(kind: str, tokens: list[str], base: dict[str, Any] | None = No
 
 # -- submit ----------------------------------------------------------------------------------------
 async def _submit(spec: TaskSpec, wait: bool) -> dict[str, Any]:
-    input_model_id = getattr(spec, "input_model_id", lambda: None)()
+    input_model_id = spec.input_model_id()
     if wait:
         from flows.bridge import backend, execute
 

@@ -11,7 +11,15 @@
   dequeued or stopped before the error propagates. Flow hooks (`stop_flow_run_tasks`) sweep any
   task of the flow run still active, as a safety net.
 - Failures are typed (flows.errors): code errors are not retried, infrastructure failures are,
-  and out-of-memory failures are retried on the next queue of `spec.queue_escalation`.
+  and out-of-memory failures are retried on the next queue of `spec.queue_escalation`. Bad input
+  (invalid spec, unknown queue, refused connections) fails before anything is created, unretried.
+- Concurrency caps: a new task takes a slot of the Prefect global concurrency limit
+  `clearml-queue:<queue>` (see `ensure_queue_limits`) BEFORE it is created and enqueued, and
+  holds it until the task ends. A queue without such a limit is uncapped. Attaching to a task
+  that is already queued or running takes no slot (it already occupies the queue).
+- API cost (measured against the stand-in): a submission is 1 `tasks.get_all` (identity lookup)
+  + 1 `tasks.create` + 1 `tasks.enqueue` (queues and project are cached per client); a poll tick
+  is 1 `tasks.get_all` for every awaited task of the process; a result read is 2 calls.
 
 Relation to Prefect caching: the ClearML identity lookup IS the cache. It survives lost Prefect
 state, works across flow runs, deployments and machines, and can never return a result whose
@@ -24,8 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import time
 import weakref
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,14 +47,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
-from automation.backend import FLOW_RUN_TAG, TASK_RUN_TAG, BackendError, ClearMLBackend
+from automation.backend import (
+    FLOW_RUN_TAG,
+    QUEUE_TAG,
+    TASK_RUN_TAG,
+    ApiCallError,
+    BackendUnavailable,
+    ClearMLBackend,
+    QueueNotFound,
+    ServerUnreachable,
+    tag_value,
+)
 from automation.failures import FailureKind, classify
 from automation.results import SUCCESS_STATUSES, TaskResult
-from automation.specs.base import TaskSpec
+from automation.specs.base import SpecError, TaskSpec, build
 from flows.errors import ERRORS, ClearMLTaskError, OutOfMemoryError, TaskTimeout
 from flows.poller import shared_poller
 
 QUEUE_LIMIT_PREFIX = "clearml-queue:"
+SLOT_LEASE_S = 60.0  # Prefect's minimum: a slot held by a killed orchestrator comes back soonest
 _BACKENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClearMLBackend] = weakref.WeakKeyDictionary()
 
 
@@ -83,16 +105,21 @@ def _queue_plan(spec: TaskSpec) -> list[str]:
 
 
 async def _choose_queue(client: ClearMLBackend, spec: TaskSpec, history: list[dict[str, Any]]) -> str:
-    """The first queue, or the one after the queue where the latest attempt ran out of memory."""
+    """The first queue, or the one after the queue where the latest attempt ran out of memory.
+
+    The latest failure is classified with its log tail (one call, only on a retry): the agent
+    overwrites status_message/status_reason ("Changed by clearml-agent ...") after the script
+    reported the cause, so the status fields alone do not say OOM for long."""
     plan = _queue_plan(spec)
     for record in history:  # newest first
         if record.get("status") not in ("failed", "stopped"):
             continue
+        tail = await client.log_tail(str(record["id"]), 30)
         kind = classify(record.get("status", ""), record.get("status_message", ""),
-                        record.get("status_reason", ""))
+                        record.get("status_reason", ""), tail)
         if kind is not FailureKind.OUT_OF_MEMORY:
             return plan[0]
-        last = await client.queue_name((record.get("execution") or {}).get("queue"))
+        last = tag_value(record.get("tags") or [], QUEUE_TAG)
         if last in plan and plan.index(last) + 1 < len(plan):
             return plan[plan.index(last) + 1]
         return plan[-1]
@@ -114,6 +141,34 @@ def _fresh(record: dict[str, Any], max_age_s: float | None) -> bool:
     return (datetime.now(UTC) - when).total_seconds() <= max_age_s
 
 
+@contextlib.asynccontextmanager
+async def _queue_slot(queue: str) -> AsyncIterator[float]:
+    """A slot of the queue's Prefect global concurrency limit `clearml-queue:<queue>`, held from
+    before the enqueue until the task ends, so a sweep cannot flood a queue. Yields the seconds
+    spent waiting for it. No limit on the queue (or no Prefect run): nothing to hold."""
+    started = time.monotonic()
+    if TaskRunContext.get() is None:
+        yield 0.0
+        return
+    async with concurrency(f"{QUEUE_LIMIT_PREFIX}{queue}", occupy=1, strict=False,
+                           lease_duration=SLOT_LEASE_S):
+        yield time.monotonic() - started
+
+
+_IDENTITY_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = \
+    weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _identity_lock(identity: str) -> AsyncIterator[None]:
+    """Serialises lookup -> create -> enqueue of one identity within this process (a flow that
+    awaits the same spec twice at once): the second caller then finds the first's task and
+    attaches to it instead of creating a duplicate."""
+    locks = _IDENTITY_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    async with locks.setdefault(identity, asyncio.Lock()):  # one small lock per identity seen
+        yield
+
+
 async def _stop_quietly(client: ClearMLBackend, task_id: str, reason: str) -> None:
     # Shielded: this runs while the surrounding scope is being cancelled.
     with anyio.CancelScope(shield=True):
@@ -132,10 +187,12 @@ async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
         await state.aresult()
     except ClearMLTaskError as err:
         return bool(err.retryable)
-    except BackendError:
-        return True  # the server was unreachable for longer than the backend's own retries
+    except (ServerUnreachable, QueueNotFound, ApiCallError):
+        return False  # bad configuration or a refused request: the same call fails again
+    except BackendUnavailable:
+        return True  # the server kept failing for longer than the backend's own retries
     except Exception:
-        return False
+        return False  # code error, invalid spec, ...
     return False
 
 
@@ -152,14 +209,21 @@ async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: di
     return ERRORS[kind](task_id, url, status, message, tail, queue=queue)
 
 
+def _validated(spec: TaskSpec) -> TaskSpec:
+    """Validate again: a spec built with `model_construct` or mutated after validation must fail
+    here, before anything is created."""
+    if not isinstance(spec, TaskSpec):
+        raise SpecError(f"run_task needs a TaskSpec, got {type(spec).__name__}")
+    return build(type(spec), spec.model_dump())
+
+
 @task(
     name="clearml-task",
-    retries=2,
+    retries=3,
     retry_delay_seconds=2,
     retry_condition_fn=_retry_condition,
     cache_policy=NO_CACHE,
     persist_result=False,
-    log_prints=True,
 )
 async def run_task(
     spec: TaskSpec,
@@ -168,7 +232,11 @@ async def run_task(
     max_wait_s: float | None = None,
     input_model_id: str | None = None,
 ) -> TaskResult:
-    """Run `spec` as a ClearML task (or reuse/attach to one with the same identity) and await it."""
+    """Run `spec` as a ClearML task (or reuse/attach to one with the same identity) and await it.
+
+    Retries (3 by default; `run_task.with_options(retries=N)` for longer escalation lists) apply
+    to infrastructure failures and to out-of-memory failures while the spec has a next queue.
+    """
     return await execute(spec, refresh=refresh, max_age_s=max_age_s, max_wait_s=max_wait_s,
                          input_model_id=input_model_id)
 
@@ -182,86 +250,134 @@ async def execute(
 ) -> TaskResult:
     """The body of `run_task`, callable without Prefect (benchmarks, scripts)."""
     log = _logger()
+    spec = _validated(spec)  # an invalid spec fails before any call to the server
     client = backend()
     identity = spec.identity()
-    await client.queue_id(spec.queue)  # a missing queue fails here, before anything is created
-    for q in spec.queue_escalation:
+    for q in _queue_plan(spec):  # a missing queue fails here, listing the queues (cached per client)
         await client.queue_id(q)
 
-    history = await client.find_by_identity(identity)
-    task_id: str | None = None
-    for record in history:
-        status = record.get("status")
-        if status in SUCCESS_STATUSES and not refresh and _fresh(record, max_age_s):
-            log.info("reusing ClearML task %s (identity %s, %s)", record["id"], identity[:12], status)
-            return await client.result(str(record["id"]), spec.kind, identity, reused=True)
-        if status in ("queued", "in_progress"):
-            task_id = str(record["id"])
-            log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
-            break
-        if status == "created":  # left between create and enqueue by a crashed orchestrator
-            task_id = str(record["id"])
-            queue = await _choose_queue(client, spec, history)
-            await client.enqueue(task_id, queue)
-            log.info("enqueued draft ClearML task %s on '%s'", task_id, queue)
-            break
+    async with contextlib.AsyncExitStack() as held:
+        async with _identity_lock(identity):
+            outcome = await _submit_or_attach(client, spec, identity, refresh, max_age_s, input_model_id, held)
+        if isinstance(outcome, TaskResult):
+            await _link_artifact(client, outcome.task_id, spec, reused=True)
+            return outcome
+        task_id, queue = outcome
+        url = client.web_url(task_id)
 
-    flow_run_id, task_run_id, run_url = _run_ids()
-    queue = spec.queue
-    if task_id is None:
-        queue = await _choose_queue(client, spec, history)
-        if queue != spec.queue:
-            log.warning("previous attempt ran out of memory: escalating to queue '%s'", queue)
-            spec = spec.model_copy(update={"queue": queue})
-        tags = [t for t in (f"{FLOW_RUN_TAG}{flow_run_id}" if flow_run_id else None,
-                            f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
-        props = {"prefect_run_url": run_url} if run_url else {}
-        task_id = await client.create(spec, tags=tags, properties=props, input_model_id=input_model_id)
+        # The poller calls back from its own thread: log inside a copy of this task's context, so
+        # the records reach this task run's log (and the Prefect API its settings name).
+        context = contextvars.copy_context()
+
+        def log_change(record: dict[str, Any]) -> None:
+            progress = (record.get("runtime") or {}).get("progress")
+            log.info("ClearML task %s: %s%s%s", task_id, record.get("status"),
+                     f" {progress}%" if progress not in (None, "") else "",
+                     f" ({record['status_message']})" if record.get("status_message") else "")
+
+        def on_change(record: dict[str, Any]) -> None:
+            context.run(log_change, record)
+
         try:
-            await client.enqueue(task_id, queue)
-        except BaseException:
-            await _stop_quietly(client, task_id, "enqueue failed")
-            raise
-        log.info("created ClearML task %s (%s) on queue '%s'", task_id, spec.kind, queue)
-
-    url = client.web_url(task_id)
-    if TaskRunContext.get() is not None:
-        with contextlib.suppress(Exception):
-            await acreate_link_artifact(link=url, link_text=f"ClearML task {task_id}",
-                                        description=f"{spec.kind} task {spec.task_name()}")
-
-    def on_change(record: dict[str, Any]) -> None:
-        progress = (record.get("runtime") or {}).get("progress")
-        log.info("ClearML task %s: %s%s%s", task_id, record.get("status"),
-                 f" {progress}%" if progress not in (None, "") else "",
-                 f" ({record['status_message']})" if record.get("status_message") else "")
-
-    try:
-        async with concurrency(f"{QUEUE_LIMIT_PREFIX}{queue}", occupy=1, strict=False):
+            await _link_artifact(client, task_id, spec)
             waiting = shared_poller().wait(task_id, on_change, spec.expected_duration_s())
             if max_wait_s is not None:
                 record = await asyncio.wait_for(waiting, timeout=max_wait_s)
             else:
                 record = await waiting
-    except TimeoutError:
-        await _stop_quietly(client, task_id, f"max wait of {max_wait_s} s exceeded")
-        raise TaskTimeout(task_id, url, "stopped", f"did not finish within {max_wait_s} s",
-                          await client.log_tail(task_id), queue=queue) from None
-    except BaseException:
-        # Cancelled (UI/CLI cancel, task timeout, SIGTERM) or crashed: the GPU job must not outlive us.
-        await _stop_quietly(client, task_id, "Prefect run cancelled or failed")
-        raise
+        except TimeoutError:
+            await _stop_quietly(client, task_id, f"max wait of {max_wait_s} s exceeded")
+            raise TaskTimeout(task_id, url, "stopped", f"did not finish within {max_wait_s} s",
+                              await client.log_tail(task_id), queue=queue) from None
+        except BaseException:
+            # Cancelled (UI/CLI cancel, task timeout, SIGTERM) or crashed: the GPU job must not outlive us.
+            await _stop_quietly(client, task_id, "Prefect run cancelled or failed")
+            raise
 
     if record.get("status") in SUCCESS_STATUSES:
         return await client.result(task_id, spec.kind, identity)
     raise await _fail(client, spec, task_id, record, url, queue)
 
 
+async def _submit_or_attach(
+    client: ClearMLBackend,
+    spec: TaskSpec,
+    identity: str,
+    refresh: bool,
+    max_age_s: float | None,
+    input_model_id: str | None,
+    held: contextlib.AsyncExitStack,
+) -> TaskResult | tuple[str, str]:
+    """Reuse a completed task (-> its result), attach to an active one, enqueue a leftover draft,
+    or create and enqueue a new one (-> (task id, queue)). A new or draft task first takes a slot
+    of its queue's concurrency limit (kept in `held` until the wait ends)."""
+    log = _logger()
+    history = await client.find_by_identity(identity)
+    slot_taken = False
+    while True:
+        for record in history:
+            status = record.get("status")
+            if status in SUCCESS_STATUSES and not refresh and _fresh(record, max_age_s):
+                log.info("reusing ClearML task %s (identity %s, %s)", record["id"], identity[:12], status)
+                return await client.result(str(record["id"]), spec.kind, identity, reused=True)
+            if status in ("queued", "in_progress"):
+                # Already occupies its queue (its submitter's slot lease runs out by itself if that
+                # process died): attach without waiting for a slot.
+                task_id = str(record["id"])
+                log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
+                return task_id, tag_value(record.get("tags") or [], QUEUE_TAG) or spec.queue
+        queue = await _choose_queue(client, spec, history)
+        if slot_taken:
+            break
+        waited = await held.enter_async_context(_queue_slot(queue))
+        slot_taken = True
+        if waited < 1.0:
+            break
+        # We waited for the queue: someone may have run or started this identity meanwhile.
+        log.info("waited %.1f s for a slot on queue '%s'", waited, queue)
+        history = await client.find_by_identity(identity)
+
+    draft = next((r for r in history if r.get("status") == "created"), None)
+    if draft is not None:  # left between create and enqueue by a crashed or cancelled orchestrator
+        task_id = str(draft["id"])
+        await client.enqueue(task_id, tag_value(draft.get("tags") or [], QUEUE_TAG) or queue)
+        log.info("enqueued draft ClearML task %s on '%s'", task_id, queue)
+        return task_id, tag_value(draft.get("tags") or [], QUEUE_TAG) or queue
+
+    if queue != spec.queue:
+        log.warning("previous attempt ran out of memory: escalating to queue '%s'", queue)
+        spec = spec.model_copy(update={"queue": queue})
+    flow_run_id, task_run_id, run_url = _run_ids()
+    tags = [t for t in (f"{FLOW_RUN_TAG}{flow_run_id}" if flow_run_id else None,
+                        f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
+    props = {"prefect_run_url": run_url} if run_url else {}
+    task_id = await client.create(spec, tags=tags, properties=props, input_model_id=input_model_id)
+    try:
+        await client.enqueue(task_id, queue)
+    except BaseException:
+        await _stop_quietly(client, task_id, "enqueue failed or was cancelled")
+        raise
+    log.info("created ClearML task %s (%s) on queue '%s': %s", task_id, spec.kind, queue, client.web_url(task_id))
+    return task_id, queue
+
+
+async def _link_artifact(client: ClearMLBackend, task_id: str, spec: TaskSpec, reused: bool = False) -> None:
+    if TaskRunContext.get() is None:
+        return
+    with contextlib.suppress(Exception):
+        await acreate_link_artifact(
+            link=client.web_url(task_id), link_text=f"ClearML task {task_id}",
+            description=f"{spec.kind} task {spec.task_name()}{' (reused)' if reused else ''}")
+
+
 async def stop_flow_run_tasks(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow `on_cancellation` / `on_crashed` hook: stop every still-active ClearML task tagged
-    with this flow run's id (the safety net behind each task's own cancellation handling)."""
+    with this flow run's id (the safety net behind each task's own cancellation handling).
+
+        @flow(on_cancellation=[stop_flow_run_tasks], on_crashed=[stop_flow_run_tasks])
+    """
     log = logging.getLogger("flows.bridge")
-    client = ClearMLBackend()
+    client = ClearMLBackend(retry_for_s=15.0)
     try:
         active = await client.find_active_by_tag(f"{FLOW_RUN_TAG}{flow_run.id}")
         for record in active:
@@ -269,3 +385,37 @@ async def stop_flow_run_tasks(flow: Any, flow_run: Any, state: Any) -> None:
             log.warning("flow run %s %s: ClearML task %s %s", flow_run.id, state.name, record["id"], done)
     finally:
         await client.aclose()
+
+
+BRIDGE_FLOW_HOOKS: dict[str, Any] = {"on_cancellation": [stop_flow_run_tasks], "on_crashed": [stop_flow_run_tasks]}
+"""`@flow(**BRIDGE_FLOW_HOOKS)`: the sweep on cancellation and on crash."""
+
+
+async def ensure_queue_limits(limits: dict[str, int]) -> dict[str, int]:
+    """Upsert Prefect global concurrency limits `clearml-queue:<queue>` (e.g. {"gpu": 2}); a limit
+    of 0 or less deletes the queue's limit. Returns the limits now set, by queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    out: dict[str, int] = {}
+    async with get_client() as pc:
+        for queue, limit in limits.items():
+            name = f"{QUEUE_LIMIT_PREFIX}{queue}"
+            try:
+                await pc.read_global_concurrency_limit_by_name(name)
+                exists = True
+            except ObjectNotFound:
+                exists = False
+            if limit <= 0:
+                if exists:
+                    await pc.delete_global_concurrency_limit_by_name(name)
+                continue
+            if exists:
+                await pc.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+            else:
+                await pc.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True))
+            out[queue] = limit
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from automation.backend import BackendError, ClearMLBackend
+from automation.backend import ClearMLBackend
 from automation.clearml_settings import ClearMLSettings
 
 log = logging.getLogger("flows.poller")
@@ -32,8 +33,9 @@ class _Watch:
     task_id: str
     future: concurrent.futures.Future[dict[str, Any]]
     on_change: Listener | None
-    expected_end: float | None  # monotonic time the task is expected to finish, when known
+    expected_duration_s: float | None  # how long the task is expected to run, when known
     last: dict[str, Any] = field(default_factory=dict)
+    expected_end: float | None = None  # monotonic; set when the task is first seen running
 
 
 class StatusPoller:
@@ -57,6 +59,7 @@ class StatusPoller:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._backend: ClearMLBackend | None = None
+        self._stopping = False
 
     # -- public ---------------------------------------------------------------------------------
     def watch(self, task_id: str, on_change: Listener | None = None,
@@ -64,9 +67,8 @@ class StatusPoller:
         """Future resolved with the task's status record once it reaches a terminal status."""
         self._ensure_thread()
         fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        expected_end = time.monotonic() + expected_duration_s if expected_duration_s else None
         with self._lock:
-            self._watches.setdefault(task_id, []).append(_Watch(task_id, fut, on_change, expected_end))
+            self._watches.setdefault(task_id, []).append(_Watch(task_id, fut, on_change, expected_duration_s))
         self._poke()
         return fut
 
@@ -87,8 +89,10 @@ class StatusPoller:
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stopping = True
+            self._poke()
             self._thread.join(timeout=5)
+            self._stopping = False
         self._thread = None
         self._loop = None
 
@@ -111,10 +115,22 @@ class StatusPoller:
         self._ready.set()
         try:
             loop.run_until_complete(self._poll_forever())
-        except RuntimeError:
-            pass  # loop stopped by stop()
+        except BaseException as exc:  # never leave waiters hanging on a dead thread
+            log.exception("status poller died")
+            self._fail_all(exc)
         finally:
+            self._fail_all(RuntimeError("the status poller stopped"))
+            if self._backend is not None:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(self._backend.aclose())
             loop.close()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            watches = [w for ws in self._watches.values() for w in ws]
+        for w in watches:
+            if not w.future.done():
+                w.future.set_exception(exc)
 
     def _poke(self) -> None:
         if self._loop is not None and self._wake is not None:
@@ -132,7 +148,7 @@ class StatusPoller:
     async def _poll_forever(self) -> None:
         assert self._wake is not None and self._backend is not None
         interval = self.min_interval_s
-        while True:
+        while not self._stopping:
             with self._lock:
                 ids = list(self._watches)
             if not ids:
@@ -143,6 +159,8 @@ class StatusPoller:
             changed = await self._tick(ids)
             interval = self._next_interval(interval, changed)
             self._wake.clear()
+            if self._stopping:
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
                 interval = self.min_interval_s  # a new watch: look at it soon
@@ -150,6 +168,8 @@ class StatusPoller:
                 pass
 
     def _next_interval(self, current: float, changed: bool) -> float:
+        """Short after a change or near a task's expected end; otherwise growing by `growth` per
+        quiet tick; always within [min_interval_s, max_interval_s]."""
         if changed or self._near_expected_end():
             return self.min_interval_s
         return min(self.max_interval_s, max(self.min_interval_s, current * self.growth))
@@ -169,7 +189,7 @@ class StatusPoller:
         self.ticks += 1
         try:
             records = await self._backend.statuses(ids)
-        except BackendError as exc:
+        except Exception as exc:  # transient ones were already retried by the backend
             self.errors += 1
             log.warning("status poll failed (will retry): %s", exc)
             return False
@@ -181,6 +201,9 @@ class StatusPoller:
             with self._lock:
                 watches = list(self._watches.get(task_id, []))
             for w in watches:
+                if record.get("status") == "in_progress" and w.expected_end is None \
+                        and w.expected_duration_s:
+                    w.expected_end = time.monotonic() + w.expected_duration_s
                 if _summary(record) != _summary(w.last):
                     changed = True
                     w.last = record

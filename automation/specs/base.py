@@ -182,6 +182,10 @@ class TaskSpec(BaseModel):
         """The kind's own packages merged with the spec's (a pinned requirement wins)."""
         return merge(self.base_packages, self.packages)
 
+    def input_model_id(self) -> str | None:
+        """The ClearML model this task consumes (connected as its input model for lineage)."""
+        return None
+
     def expected_duration_s(self) -> float | None:
         """A hint for the poller (poll faster near the expected end); None when unknown."""
         return None

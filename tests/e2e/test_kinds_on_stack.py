@@ -44,7 +44,7 @@ def run_all(*specs: TaskSpec) -> list[TaskResult]:
     async def go() -> list[TaskResult]:
         try:
             return list(await asyncio.gather(*(
-                execute(s, max_wait_s=300, input_model_id=getattr(s, "input_model_id", lambda: None)())
+                execute(s, max_wait_s=300)
                 for s in specs)))
         finally:
             await backend().aclose()
