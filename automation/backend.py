@@ -153,7 +153,7 @@ class ClearMLBackend:
                 retry=retry_if_exception(_is_transient),
                 stop=stop_after_delay(self.retry_for_s if retry_for_s is None else retry_for_s)
                 | stop_after_attempt(50),
-                wait=wait_exponential_jitter(initial=0.2, max=5.0),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
                 reraise=True,
             ):
                 with attempt:
