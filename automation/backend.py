@@ -11,7 +11,6 @@ are retried with backoff (tenacity); anything else surfaces as a typed error nam
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -226,16 +225,18 @@ class ClearMLBackend:
                 raise
             return str(again[0]["id"])
 
+    async def _load_queues(self) -> list[dict[str, Any]]:
+        queues = (await self.call("queues.get_all", {"only_fields": ["id", "name"]}))["queues"]
+        self._queues = {str(q["name"]): str(q["id"]) for q in queues}
+        self._queue_names = {v: k for k, v in self._queues.items()}
+        return list(queues)
+
     async def queue_id(self, name: str) -> str:
         """The queue's id; a missing queue is an error listing the queues that exist."""
-        if name in self._queues:
-            return self._queues[name]
-        queues = (await self.call("queues.get_all", {"only_fields": ["id", "name"]}))["queues"]
-        for q in queues:
-            self._queues[str(q["name"])] = str(q["id"])
-            self._queue_names[str(q["id"])] = str(q["name"])
         if name not in self._queues:
-            known = ", ".join(sorted(str(q["name"]) for q in queues)) or "none"
+            await self._load_queues()
+        if name not in self._queues:
+            known = ", ".join(sorted(self._queues)) or "none"
             raise QueueNotFound(f"ClearML queue '{name}' does not exist on {self.settings.api_host} "
                                 f"(queues: {known}); create it or pick another `queue`")
         return self._queues[name]
@@ -244,9 +245,7 @@ class ClearMLBackend:
         if not queue_id:
             return None
         if queue_id not in self._queue_names:
-            self._queues.clear()
-            with contextlib.suppress(QueueNotFound):
-                await self.queue_id("\0")
+            await self._load_queues()
         return self._queue_names.get(queue_id)
 
     # -- tasks ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from automation.local.api import ApiError, Sub, missing
+from automation.local.api import ApiError, Ctx, Sub, missing
 
 Doc = dict[str, Any]
 
@@ -42,6 +42,14 @@ def as_list(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple, set)):
         return list(value)
     return [value]
+
+
+def find_by_name(ctx: Ctx, kind: str, name: str) -> Doc | None:
+    """The document of a kind with exactly this name (projects and queues are unique by name)."""
+    for doc in ctx.store.iter_raw(kind):
+        if doc.get("name") == name:
+            return dict(doc)
+    return None
 
 
 # -- projection ------------------------------------------------------------------------------

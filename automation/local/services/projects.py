@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from automation.local.api import ApiError, Ctx, Sub, endpoint
+from automation.local.services import common
 from automation.local.services.common import (
     Doc,
     as_list,
@@ -29,10 +30,7 @@ def get_project(ctx: Ctx, project_id: str) -> Doc:
 
 
 def find_by_name(ctx: Ctx, name: str) -> Doc | None:
-    for doc in ctx.store.iter_raw(KIND):
-        if doc.get("name") == name:
-            return dict(doc)
-    return None
+    return common.find_by_name(ctx, KIND, name)
 
 
 def ensure_project(ctx: Ctx, name: str, **extra: Any) -> Doc:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from automation.local.api import ApiError, Ctx, Sub, endpoint
+from automation.local.services import common
 from automation.local.services.common import (
     Doc,
     as_list,
@@ -45,10 +46,7 @@ def get_queue(ctx: Ctx, queue_id: Any) -> Doc:
 
 
 def find_by_name(ctx: Ctx, name: str) -> Doc | None:
-    for doc in ctx.store.iter_raw(KIND):
-        if doc.get("name") == name:
-            return dict(doc)
-    return None
+    return common.find_by_name(ctx, KIND, name)
 
 
 def _new_queue(ctx: Ctx, name: str, tags: Any = None, system_tags: Any = None) -> Doc:

@@ -795,24 +795,24 @@ def stop(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     return {"updated": 1, "fields": fields}
 
 
-@endpoint("tasks.stopped")
-def stopped(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+def _transition(ctx: Ctx, body: dict[str, Any], new_status: str, allowed: set[str], action: str) -> dict[str, Any]:
+    """A plain status change: check the rule, leave the queue if queued, record the status."""
     doc = get_task(ctx, require(body, "task"))
-    _require_status(doc, _STOPPED_FROM, _force(body), "stopped")
+    _require_status(doc, allowed, _force(body), action)
     with ctx.store.transaction():
         extra = _was_queued(ctx, doc)
-        fields = _set_status(ctx, doc, STOPPED, body, **extra)
+        fields = _set_status(ctx, doc, new_status, body, **extra)
     return {"updated": 1, "fields": fields}
+
+
+@endpoint("tasks.stopped")
+def stopped(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    return _transition(ctx, body, STOPPED, _STOPPED_FROM, "stopped")
 
 
 @endpoint("tasks.failed")
 def failed(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    doc = get_task(ctx, require(body, "task"))
-    _require_status(doc, _FAILED_FROM, _force(body), "failed")
-    with ctx.store.transaction():
-        extra = _was_queued(ctx, doc)
-        fields = _set_status(ctx, doc, FAILED, body, **extra)
-    return {"updated": 1, "fields": fields}
+    return _transition(ctx, body, FAILED, _FAILED_FROM, "failed")
 
 
 @endpoint("tasks.completed")
