@@ -29,6 +29,7 @@ unit: install
 	$(BIN)/pytest tests/unit -q
 
 test: install lint
+	bash scripts/install-browser.sh
 	$(BIN)/pytest -q
 
 clean:

@@ -183,6 +183,36 @@ class ClearMLBackend:
                                      f"failing: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def auth_headers(self) -> dict[str, str]:
+        """The session token as the SDK sends it (file uploads, batched events)."""
+        return {"Authorization": f"Bearer {self._token or await self._login()}"}
+
+    async def post_raw(self, what: str, url: str, *, headers: Mapping[str, str] | None = None,
+                       attempts: int = 4, **kwargs: Any) -> httpx.Response:
+        """An authenticated POST that is not a JSON API call (events.add_batch as JSON lines, a file
+        upload): transport faults and 5xx retried (callers must be idempotent), one re-login on 401.
+        Returns the response whatever its status; the caller reads it."""
+        relogged = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.calls += 1
+                res = await self._http().post(url, headers={**(headers or {}), **await self.auth_headers()}, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt >= attempts:
+                    raise BackendUnavailable(f"{what}: {url} did not answer: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(0.5 * attempt)
+                continue
+            if res.status_code == 401 and not relogged:
+                relogged = True
+                self._token = None
+                continue
+            if res.status_code >= 500 and attempt < attempts:
+                await asyncio.sleep(0.5 * attempt)
+                continue
+            return res
+
     @staticmethod
     def _unwrap(endpoint: str, res: httpx.Response) -> dict[str, Any]:
         if res.status_code >= 500 or res.status_code in (408, 429):
@@ -367,6 +397,17 @@ class ClearMLBackend:
                                                       "search_hidden": True, "page": 0, "page_size": len(chunk)})
             out.update({str(t["id"]): t for t in data["tasks"]})
         return out
+
+    async def queue_entries(self, queue_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Task ids waiting in each queue, for any number of queues in ONE call."""
+        data = await self.call("queues.get_all", {"id": list(dict.fromkeys(queue_ids)),
+                                                   "only_fields": ["id", "entries"]})
+        return {str(q["id"]): {str(e.get("task")) for e in q.get("entries") or []} for q in data["queues"]}
+
+    async def put_back(self, queue_id: str, task_id: str) -> bool:
+        """Re-add the queue entry of a task whose status is still `queued` (its dequeue was lost)."""
+        data = await self.call("queues.add_task", {"queue": queue_id, "task": task_id})
+        return bool(data.get("added"))
 
     async def stop(self, task_id: str, reason: str) -> str:
         """Dequeue a queued task, stop a running one; returns what was done."""

@@ -21,6 +21,15 @@ from automation.cli_task import standards_app, task_app  # noqa: E402
 
 app.add_typer(task_app, name="task")
 app.add_typer(standards_app, name="standards")
+from automation.cli_baseline import baseline_app  # noqa: E402
+
+app.add_typer(baseline_app, name="baseline")
+from automation.cli_run import run_app  # noqa: E402
+
+app.add_typer(run_app, name="run")
+from automation.cli_notify import notify_app  # noqa: E402
+
+app.add_typer(notify_app, name="notify")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,12 +66,15 @@ def local_up(
     no_agents: Annotated[bool, typer.Option("--no-agents", help="Start the stand-in only.")] = False,
     allow_faults: Annotated[bool, typer.Option("--allow-faults", hidden=True)] = False,
     validate: Annotated[bool, typer.Option("--validate", hidden=True)] = False,
+    no_prefect: Annotated[bool, typer.Option("--no-prefect", help="No Prefect server and no served "
+                                                                  "deployments (ClearML side only).")] = False,
 ) -> None:
-    """Start the stand-in and one clearml-agent per queue; print the env to use them."""
+    """Start the stand-in, one clearml-agent per queue, a Prefect server and the served deployments;
+    print the env to use them."""
     stack = LocalStack(data_dir)
     try:
         report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
-                          agents=not no_agents)
+                          agents=not no_agents, prefect=not no_prefect)
     except StackError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -75,6 +87,8 @@ def local_up(
                       + (f"; already running: {', '.join(report.already_running)}"
                          if report.already_running else ""))
     err_console.print(f"env written to {stack.data.env_file} (source it in your shell)")
+    if report.env.get("PREFECT_UI_URL"):
+        err_console.print(f"Prefect UI (deployments served from this stack): {report.env['PREFECT_UI_URL']}")
 
 
 @local_app.command("status")
@@ -100,6 +114,12 @@ def local_status(
     for queue, agent in status["agents"].items():
         astate = "[green]running[/green]" if agent["running"] else "[red]stopped[/red]"
         table.add_row(f"agent {queue}", astate, f"pid {agent['pid']}" if agent["pid"] else "")
+    if "prefect" in status:
+        pf = status["prefect"]
+        pstate = "[green]running[/green]" if pf["running"] else "[red]stopped[/red]"
+        table.add_row("prefect server", pstate, f"ui {pf['ui']}  home {pf['home']}")
+        sstate = "[green]running[/green]" if pf["serve"]["running"] else "[red]stopped[/red]"
+        table.add_row("deployments served", sstate, f"pid {pf['serve']['pid']}" if pf["serve"]["pid"] else "")
     for q in status.get("queues", []):
         table.add_row(f"queue {q['name']}", "", f"{q['queued']} queued")
     if "tasks" in status:
@@ -115,47 +135,40 @@ def local_status(
 @app.command("demo")
 def demo(
     data_dir: DataDirOpt = None,
-    queue: Annotated[str, typer.Option(help="Queue the demo task runs on.")] = "cpu",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute every step instead of reusing finished work.")] = False,
 ) -> None:
-    """Run the main job on the local stack (brought up for the run unless it already runs)."""
-    from dataclasses import asdict
-
+    """The main job: compress -> evaluate -> benchmark the tiny model on the local stack (brought
+    up for the run unless it already runs), with gates and the joined report."""
     from automation.demo import run_demo
 
     _exit_on_sigterm()
     try:
-        result = run_demo(data_dir, queue=queue)
-    except (StackError, TimeoutError) as exc:
+        outcome = run_demo(data_dir, json_out=json_out, refresh=refresh)
+    except StackError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    table = Table(title=f"ClearML task {result.task_id}: {result.status}")
-    table.add_column("what")
-    table.add_column("value")
-    for title, series in result.scalars.items():
-        for name, value in series.items():
-            table.add_row(f"scalar {title}/{name} (last)", f"{value:.4g}")
-    for name, value in result.single_values.items():
-        table.add_row(f"single value {name}", f"{value:.4g}")
-    for name, url in result.artifacts.items():
-        table.add_row(f"artifact {name}", url)
-    for name, url in result.models.items():
-        table.add_row(f"model {name}", url)
-    table.add_row("round trip", f"{result.wall_s:.1f} s, {result.api_calls} API calls")
-    table.add_row("task page", result.web_url)
-    console.print(table)
-    if result.log_tail:
-        console.print("[dim]log tail:[/dim]\n" + "\n".join(result.log_tail))
+    report = outcome.report
+    console.print(f"\ndemo finished in {outcome.wall_s:.0f} s: report outcome [bold]{report.get('outcome', '?')}"
+                  f"[/bold] over {len(report.get('cells', []))} cells")
+    console.print("where to see it:")
+    if report.get("summary_task_url"):
+        console.print(f"  ClearML summary task: {report['summary_task_url']}")
+    console.print(f"  ClearML pages (while the stack is up): {outcome.web_url or 'see automation local status'}")
+    if report.get("flow_run_url"):
+        console.print(f"  Prefect flow run: {report['flow_run_url']}")
+    if outcome.prefect_home:
+        console.print(f"  Prefect UI: PREFECT_HOME={outcome.prefect_home} prefect server start")
     if json_out:
-        json_out.write_text(json.dumps(asdict(result), indent=2))
-    if result.status != "completed":
-        err_console.print(f"[red]task ended {result.status}[/red]: {result.status_message}")
-        raise typer.Exit(1)
+        console.print(f"  report JSON: {json_out}")
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @local_app.command("down")
 def local_down(data_dir: DataDirOpt = None) -> None:
-    """Stop exactly what `up` started (agents, their task processes, the stand-in)."""
+    """Stop exactly what `up` started (served deployments and their runs, agents and their task
+    processes, the Prefect server, the stand-in)."""
     stopped = LocalStack(data_dir).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 

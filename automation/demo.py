@@ -1,107 +1,88 @@
 """`automation demo`: the main job on the embedded default (the local stack).
 
-Brings the local stack up unless it already runs in the data directory, runs one ClearML task
-through a real clearml-agent (create -> parameters + configuration -> enqueue -> agent runs the
-script -> results read back), prints its status and everything it reported, and takes the stack
-down again if it started it.
+Brings the local stack up unless it already runs in the data directory, builds the tiny model
+(once, kept in the data directory), and runs the `compress_evaluate_benchmark` flow on it with
+w4a16 and fp8_dynamic on the `tiny` suite and the `smoke` profile: real llm-compressor, lm-eval and
+GuideLLM, each step a ClearML task run by a real clearml-agent. Compressions and benchmarks go to
+the `gpu` queue, evaluations to `cpu` (two agents, so the base evaluation runs next to the
+compressions). Performance is reported but not gated (CPU timings of a tiny model are noise).
+Prints the joined report and where to see it; takes the stack down again if it
+started it.
+
+The flow runs in a child process (the `automation run` command) with the stack's environment,
+so the ClearML SDK and Prefect read their settings fresh. Without PREFECT_API_URL it uses a
+Prefect home inside the data directory, so the runs stay inspectable
+(`PREFECT_HOME=DIR/prefect prefect server start`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from automation.local.stack import LocalStack, StackError
 
-from automation.local.stack import LocalStack
-
-HELLO_SCRIPT = Path(__file__).parent / "scripts" / "hello.py"
-TERMINAL = {"completed", "failed", "stopped", "closed", "published"}
+DEMO_QUEUES = ("gpu", "cpu")
 
 
 @dataclass
-class DemoResult:
-    task_id: str
-    status: str
-    status_message: str
-    web_url: str
+class DemoOutcome:
+    report: dict[str, Any]
     wall_s: float
-    api_calls: int
-    calls_by_endpoint: dict[str, int]
-    scalars: dict[str, dict[str, float]] = field(default_factory=dict)
-    single_values: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    models: dict[str, str] = field(default_factory=dict)
-    log_tail: list[str] = field(default_factory=list)
+    exit_code: int
+    prefect_home: str | None
+    web_url: str
 
 
-def _stats(api_url: str) -> dict[str, Any]:
-    return dict(httpx.get(f"{api_url}/_standin/stats", timeout=10).json())
+def ensure_tiny_model(target: Path, env: dict[str, str]) -> Path:
+    """The tiny model, built on first use (~5 s) and kept: same path, same weights, same identity."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([sys.executable, "-m", "automation.scripts.lib.tiny_model", "--out", str(target)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        raise StackError(f"building the tiny model failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return target
 
 
-def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0) -> DemoResult:
-    """One create -> run -> read round trip with the real SDK against the stack in env."""
-    os.environ.update(env)
-    from clearml import Task  # after the env is set: the SDK reads its config once
-
-    before = _stats(env["CLEARML_API_HOST"])["calls"]
-    started = time.monotonic()
-    task: Any = Task.create(
-        project_name="automation-demo",
-        task_name="hello",
-        task_type="custom",
-        script=str(HELLO_SCRIPT),
-        packages=[],
-        add_task_init_call=False,
-        detect_repository=False,
-    )
-    task.set_parameters({"Args/greeting": "hello", "Args/steps": 5})
-    task.set_configuration_object("demo", config_text='demo { source = "automation demo", seed = 7 }')
-    Task.enqueue(task, queue_name=queue)
-    deadline = time.monotonic() + timeout_s
-    status = str(task.get_status())
-    while status not in TERMINAL:
-        if time.monotonic() > deadline:
-            task.mark_stopped(force=True, status_message="automation demo: timed out")
-            raise TimeoutError(f"task {task.id} still '{status}' after {timeout_s:.0f} s; "
-                               f"see {task.get_output_log_web_page()}")
-        time.sleep(0.5)
-        status = str(task.get_status())
-    wall = time.monotonic() - started
-    task.reload()
-    after = _stats(env["CLEARML_API_HOST"])["calls"]
-    by_endpoint = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
-
-    scalars: dict[str, dict[str, float]] = {}
-    for title, series in task.get_last_scalar_metrics().items():
-        scalars[title] = {name: float(vals.get("last", 0.0)) for name, vals in series.items()}
-    result = DemoResult(
-        task_id=task.id,
-        status=status,
-        status_message=str(task.data.status_message or ""),
-        web_url=task.get_output_log_web_page(),
-        wall_s=wall,
-        api_calls=sum(by_endpoint.values()),
-        calls_by_endpoint=by_endpoint,
-        scalars=scalars,
-        single_values={k: float(v) for k, v in (task.get_reported_single_values() or {}).items()},
-        artifacts={name: art.url for name, art in task.artifacts.items()},
-        models={m.name: m.url for m in task.models["output"]},
-        log_tail=[line for chunk in task.get_reported_console_output(number_of_reports=3)
-                  for line in str(chunk).splitlines() if line.strip()][-8:],
-    )
-    return result
+def demo_env(stack_env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    env = {**os.environ, **stack_env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if not env.get("PREFECT_API_URL"):
+        env["PREFECT_HOME"] = str(data_dir / "prefect")
+    return env
 
 
-def run_demo(data_dir: Path | None = None, queue: str = "cpu") -> DemoResult:
+def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh: bool = False) -> DemoOutcome:
     stack = LocalStack(data_dir)
     was_up = stack.status().get("server", {}).get("running", False)
-    report = stack.up(queues=[queue])
+    up = stack.up(queues=list(DEMO_QUEUES))
+    started = time.monotonic()
     try:
-        return run_hello(report.env, queue=queue)
+        env = demo_env(up.env, stack.data.root)
+        tiny = ensure_tiny_model(stack.data.root / "models" / "tiny", env)
+        out = json_out or (stack.data.root / "reports" / "demo-report.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "automation.cli", "run", "compress-evaluate-benchmark",
+                "--model", str(tiny), "--schemes", "w4a16,fp8_dynamic", "--suite", "tiny", "--profile", "smoke",
+                "--queue", "gpu", "--evaluate-queue", "cpu", "--calibration", "tiny", "--num-samples", "16",
+                "--max-seq-length", "64", "--project", "automation-demo", "--series", "demo",
+                # CPU timings of a tiny model on a small shared host are noise: report, do not gate.
+                "--observe-performance",
+                "--json", str(out)]
+        if refresh:
+            argv.append("--refresh")
+        code = subprocess.run(argv, env=env, check=False).returncode
+        report = json.loads(out.read_text()) if out.is_file() else {}
+        return DemoOutcome(report=report, wall_s=time.monotonic() - started, exit_code=code,
+                           prefect_home=env.get("PREFECT_HOME"), web_url=up.env.get("CLEARML_WEB_HOST", ""))
     finally:
         if not was_up:
             stack.down()

@@ -62,6 +62,7 @@ from automation.failures import FailureKind, classify
 from automation.results import SUCCESS_STATUSES, TaskResult
 from automation.specs.base import SpecError, TaskSpec, build
 from flows.errors import ERRORS, ClearMLTaskError, OutOfMemoryError, TaskTimeout
+from flows.events import emit_task_event
 from flows.poller import shared_poller
 
 QUEUE_LIMIT_PREFIX = "clearml-queue:"
@@ -141,13 +142,36 @@ def _fresh(record: dict[str, Any], max_age_s: float | None) -> bool:
     return (datetime.now(UTC) - when).total_seconds() <= max_age_s
 
 
+_LIMITS_SEEN: dict[str, tuple[bool, float]] = {}
+LIMIT_CACHE_S = 30.0
+
+
+async def _has_limit(name: str) -> bool:
+    """Whether the global concurrency limit exists (cached briefly). Asking Prefect for a slot of a
+    limit that does not exist costs ~2 s and a warning per task; a queue without a cap needs neither."""
+    seen = _LIMITS_SEEN.get(name)
+    if seen is not None and time.monotonic() - seen[1] < LIMIT_CACHE_S:
+        return seen[0]
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        async with get_client() as client:
+            await client.read_global_concurrency_limit_by_name(name)
+        exists = True
+    except ObjectNotFound:
+        exists = False
+    _LIMITS_SEEN[name] = (exists, time.monotonic())
+    return exists
+
+
 @contextlib.asynccontextmanager
 async def _queue_slot(queue: str) -> AsyncIterator[float]:
     """A slot of the queue's Prefect global concurrency limit `clearml-queue:<queue>`, held from
     before the enqueue until the task ends, so a sweep cannot flood a queue. Yields the seconds
     spent waiting for it. No limit on the queue (or no Prefect run): nothing to hold."""
     started = time.monotonic()
-    if TaskRunContext.get() is None:
+    if TaskRunContext.get() is None or not await _has_limit(f"{QUEUE_LIMIT_PREFIX}{queue}"):
         yield 0.0
         return
     async with concurrency(f"{QUEUE_LIMIT_PREFIX}{queue}", occupy=1, strict=False,
@@ -274,6 +298,7 @@ async def execute(
             log.info("ClearML task %s: %s%s%s", task_id, record.get("status"),
                      f" {progress}%" if progress not in (None, "") else "",
                      f" ({record['status_message']})" if record.get("status_message") else "")
+            emit_task_event(record, task_id=task_id, kind=spec.kind, identity=identity, queue=queue, web_url=url)
 
         def on_change(record: dict[str, Any]) -> None:
             context.run(log_change, record)
@@ -402,6 +427,7 @@ async def ensure_queue_limits(limits: dict[str, int]) -> dict[str, int]:
     async with get_client() as pc:
         for queue, limit in limits.items():
             name = f"{QUEUE_LIMIT_PREFIX}{queue}"
+            _LIMITS_SEEN.pop(name, None)
             try:
                 await pc.read_global_concurrency_limit_by_name(name)
                 exists = True

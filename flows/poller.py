@@ -5,6 +5,13 @@ so the poller owns a daemon thread with its own loop and backend client, and wai
 await a thread-safe future. The interval adapts: short right after a change or when a task nears
 its expected end, growing while nothing changes, always within [min_interval, max_interval].
 Transient API errors are retried by the backend; one that still fails only delays the next tick.
+
+Lost dequeues: an agent pops a queue entry with `queues.get_next_task`; when that answer is lost
+on the way (a proxy reset, a dropped connection), the task stays `queued` in no queue and nothing
+would ever run it (the ClearML server has no watchdog for this). So every `entry_check_s` the
+poller looks, in ONE `queues.get_all`, whether tasks queued for longer than that still have their
+entry; a task missing on two checks in a row (an agent between pop and start is gone from the
+queue for a few seconds only) is put back with `queues.add_task`.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from automation.backend import ClearMLBackend
@@ -45,11 +54,16 @@ class StatusPoller:
         min_interval_s: float = 0.5,
         max_interval_s: float = 5.0,
         growth: float = 1.5,
+        entry_check_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.min_interval_s = min_interval_s
         self.max_interval_s = max_interval_s
         self.growth = growth
+        self.entry_check_s = entry_check_s
+        self.put_back = 0  # queue entries restored (lost dequeues)
+        self._next_entry_check = 0.0
+        self._missing: set[str] = set()  # queued tasks absent from their queue at the last check
         self.ticks = 0
         self.errors = 0
         self._watches: dict[str, list[_Watch]] = {}
@@ -215,7 +229,49 @@ class StatusPoller:
                 finished = record.get("status") in TERMINAL or record.get("status") == "unknown"
                 if finished and not w.future.done():
                     w.future.set_result(record)
+        await self._check_queue_entries(records)
         return changed
+
+    async def _check_queue_entries(self, records: dict[str, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        if now < self._next_entry_check:
+            return
+        self._next_entry_check = now + self.entry_check_s
+        assert self._backend is not None
+        waiting = {tid: str((r.get("execution") or {}).get("queue") or "") for tid, r in records.items()
+                   if r.get("status") == "queued" and _age_s(r.get("status_changed")) >= self.entry_check_s}
+        waiting = {tid: q for tid, q in waiting.items() if q}
+        if not waiting:
+            self._missing.clear()
+            return
+        try:
+            entries = await self._backend.queue_entries(sorted(set(waiting.values())))
+        except Exception as exc:
+            log.warning("queue entry check failed (will retry): %s", exc)
+            return
+        missing = {tid for tid, q in waiting.items() if q in entries and tid not in entries[q]}
+        for task_id in sorted(missing & self._missing):
+            try:
+                if await self._backend.put_back(waiting[task_id], task_id):
+                    self.put_back += 1
+                    log.warning("ClearML task %s was queued but in no queue (a dequeue whose answer was lost): "
+                                "put it back in queue %s", task_id, waiting[task_id])
+            except Exception as exc:
+                log.warning("could not put task %s back in its queue: %s", task_id, exc)
+        self._missing = missing - self._missing
+
+
+def _age_s(stamp: Any) -> float:
+    """Seconds since an ISO timestamp from the server (0 when unknown: never treat as old)."""
+    if not stamp:
+        return 0.0
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - when).total_seconds())
 
 
 def _summary(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -232,7 +288,7 @@ def shared_poller() -> StatusPoller:
     global _POLLER
     with _POLLER_LOCK:
         if _POLLER is None:
-            _POLLER = StatusPoller()
+            _POLLER = StatusPoller(entry_check_s=float(os.environ.get("AUTOMATION_QUEUE_ENTRY_CHECK_S", "30")))
         return _POLLER
 
 

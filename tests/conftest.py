@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from automation.local.stack import LocalStack
+from tests.prefect_server import prefect_server  # noqa: F401 (a session fixture, shared by every test directory)
 
 
 @dataclass

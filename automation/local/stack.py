@@ -3,8 +3,11 @@
 `up` starts the stand-in (API + file server + web pages on free loopback ports, remembered so
 stored URLs stay valid across restarts), creates the queues, starts one real
 `clearml-agent daemon --foreground` per queue, and writes `DIR/env` and a fail-fast
-`DIR/clearml.conf`. It is idempotent: what already runs is left alone. `down` stops exactly
-what `up` recorded in PID files, task processes included.
+`DIR/clearml.conf`. With `prefect=True` (the CLI's default) it also starts a Prefect server
+(SQLite under `DIR/prefect`, UI on a remembered loopback port) and a process serving the product's
+deployments (`python -m deployments.serve`, defaults on the tiny model in `DIR/models/tiny`), and
+adds `PREFECT_API_URL` / `PREFECT_UI_URL` to `DIR/env`. It is idempotent: what already runs is left
+alone. `down` stops exactly what `up` recorded in PID files, task processes and flow runs included.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ DEFAULT_QUEUES = ("gpu", "cpu")
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 30.0
 AGENT_SETTLE_S = 3.0
+PREFECT_START_TIMEOUT_S = 120.0
+SERVE_START_TIMEOUT_S = 180.0
+# What `python -m deployments.serve` registers (deployment names); `up` waits until the API lists them.
+SERVED_DEPLOYMENTS = ("compress-evaluate-benchmark", "sweep", "nightly")
+CLEARML_PORTS = ("api", "files", "web")
 
 
 class StackError(RuntimeError):
@@ -78,6 +86,14 @@ class StackConfig:
     @property
     def web_url(self) -> str:
         return f"http://{HOST}:{self.ports['web']}"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{HOST}:{self.ports['prefect']}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_ui_url}/api"
 
 
 @dataclass
@@ -160,11 +176,14 @@ class LocalStack:
         allow_faults: bool = False,
         validate: bool = False,
         agents: bool = True,
+        prefect: bool = False,
     ) -> UpReport:
+        """`prefect=True`: also the Prefect server and the served deployments (the CLI's default;
+        off in the Python API, where tests bring their own Prefect server)."""
         self.data.ensure()
         cfg = self._load_config()
         if cfg is None:
-            cfg = StackConfig(ports={n: _free_port() for n in ("api", "files", "web")},
+            cfg = StackConfig(ports={n: _free_port() for n in CLEARML_PORTS},
                               queues=list(queues or DEFAULT_QUEUES))
         elif queues:
             cfg.queues = list(dict.fromkeys([*cfg.queues, *queues]))
@@ -172,9 +191,11 @@ class LocalStack:
         cfg.validate = cfg.validate or validate
         report = UpReport(env={})
 
+        if prefect and "prefect" not in cfg.ports:
+            cfg.ports["prefect"] = _free_port()
         server = procs.running(self.data.pid_file("server"))
         if server is None:
-            for name, port in list(cfg.ports.items()):
+            for name, port in [(n, p) for n, p in cfg.ports.items() if n in CLEARML_PORTS]:
                 if not _port_free(port):
                     raise StackError(
                         f"port {port} ({name}) recorded in {self.data.stack_file} is taken by another "
@@ -189,6 +210,14 @@ class LocalStack:
             report.already_running.append("server")
 
         env = self.env(cfg)
+        prefect_up = procs.running(self.data.pid_file("prefect-server")) is not None
+        if prefect and not prefect_up:
+            self._start_prefect_server(cfg)
+            report.started.append("prefect-server")
+        elif prefect:
+            report.already_running.append("prefect-server")
+        if prefect or prefect_up:  # a Prefect server of this stack runs: point everything at it
+            env.update(self.prefect_env(cfg))
         self._write_conf(cfg)
         self._write_env(env)
         report.env = env
@@ -206,7 +235,81 @@ class LocalStack:
                 report.started.append(name)
                 fresh.append(queue)
             self._check_agents_alive(fresh)
+        if prefect:
+            if procs.running(self.data.pid_file("prefect-serve")) is None:
+                self._start_serve(cfg, env)
+                report.started.append("prefect-serve")
+            else:
+                report.already_running.append("prefect-serve")
         return report
+
+    # -- Prefect: server + served deployments ------------------------------------------------------
+    @property
+    def prefect_home(self) -> Path:
+        return self.data.root / "prefect"
+
+    def prefect_env(self, cfg: StackConfig) -> dict[str, str]:
+        return {"PREFECT_API_URL": cfg.prefect_api_url, "PREFECT_UI_URL": cfg.prefect_ui_url}
+
+    def _prefect_base_env(self, cfg: StackConfig) -> dict[str, str]:
+        """The caller's environment minus settings of some other Prefect (a test's, a profile's)."""
+        env = {k: v for k, v in _clean_env().items() if not k.startswith("PREFECT_")}
+        return {**env, "PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_UI_URL": cfg.prefect_ui_url, "PYTHONUNBUFFERED": "1"}
+
+    def _start_prefect_server(self, cfg: StackConfig) -> None:
+        port = cfg.ports["prefect"]
+        if not _port_free(port):
+            raise StackError(f"port {port} (prefect) recorded in {self.data.stack_file} is taken by another process; "
+                             "stop it or delete the 'prefect' entry of stack.json to pick a new port")
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        prefect_bin = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which("prefect")
+        if prefect_bin is None:
+            raise StackError("prefect is not installed in this environment")
+        log = self.data.logs / "prefect-server.log"
+        proc = procs.start_detached([prefect_bin, "server", "start", "--host", HOST, "--port", str(port)],
+                                    self.data.pid_file("prefect-server"), log, env=self._prefect_base_env(cfg),
+                                    cwd=self.prefect_home)
+        deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{cfg.prefect_api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if not proc.is_running() or proc.status() == "zombie":
+                raise StackError(f"the Prefect server exited during start-up:\n{_tail(log)}")
+            time.sleep(0.5)
+        procs.stop_recorded(self.data.pid_file("prefect-server"))
+        raise StackError(f"the Prefect server did not answer in {PREFECT_START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+    def _start_serve(self, cfg: StackConfig, env: dict[str, str]) -> None:
+        """`python -m deployments.serve` with the stack's env: the UI can run the deployments, each
+        run a subprocess of it; defaults use the tiny model (built into DIR/models/tiny once)."""
+        from automation.demo import ensure_tiny_model
+
+        serve_env = {**self._prefect_base_env(cfg), **env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                     "TOKENIZERS_PARALLELISM": "false"}
+        tiny = ensure_tiny_model(self.data.root / "models" / "tiny", serve_env)
+        log = self.data.logs / "prefect-serve.log"
+        proc = procs.start_detached([sys.executable, "-m", "deployments.serve", "--tiny-model", str(tiny)],
+                                    self.data.pid_file("prefect-serve"), log, env=serve_env, cwd=_repo_root())
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        missing: set[str] = set(SERVED_DEPLOYMENTS)
+        while time.monotonic() < deadline:
+            try:
+                res = httpx.post(f"{cfg.prefect_api_url}/deployments/filter", json={"limit": 200}, timeout=5)
+                missing = set(SERVED_DEPLOYMENTS) - {d["name"] for d in res.json()}
+                if res.status_code == 200 and not missing:
+                    return
+            except (httpx.HTTPError, ValueError, TypeError, KeyError):
+                pass
+            if not proc.is_running() or proc.status() == "zombie":
+                raise StackError(f"serving the deployments failed at start-up:\n{_tail(log)}")
+            time.sleep(1.0)
+        procs.stop_recorded(self.data.pid_file("prefect-serve"))
+        raise StackError(f"the deployments {sorted(missing)} did not appear in {SERVE_START_TIMEOUT_S:.0f} s:\n"
+                         f"{_tail(log)}")
 
     def _check_agents_alive(self, queues: Sequence[str], settle_s: float = AGENT_SETTLE_S) -> None:
         """An agent that cannot start (bad config, a clashing worker id) exits within a second or
@@ -286,10 +389,15 @@ class LocalStack:
         stopped: list[str] = []
         if not self.data.run.exists():
             return stopped
-        # Agents first, so no task is picked up while the server goes away.
+        # Served flow runs first (their cancel hooks still reach both servers), then agents, so no
+        # task is picked up while the servers go away.
+        if procs.stop_recorded(self.data.pid_file("prefect-serve"), grace_s=10.0):
+            stopped.append("prefect-serve")
         for pid_file in sorted(self.data.run.glob("agent-*.pid")):
             if procs.stop_recorded(pid_file):
                 stopped.append(pid_file.stem)
+        if procs.stop_recorded(self.data.pid_file("prefect-server"), grace_s=10.0):
+            stopped.append("prefect-server")
         if procs.stop_recorded(self.data.pid_file("server")):
             stopped.append("server")
         self.data.ready_file.unlink(missing_ok=True)
@@ -308,6 +416,12 @@ class LocalStack:
         for queue in cfg.queues:
             proc = procs.running(self.data.pid_file(f"agent-{queue}"))
             out["agents"][queue] = {"running": proc is not None, "pid": proc.pid if proc else None}
+        if "prefect" in cfg.ports:
+            pserver = procs.running(self.data.pid_file("prefect-server"))
+            pserve = procs.running(self.data.pid_file("prefect-serve"))
+            out["prefect"] = {"running": pserver is not None, "pid": pserver.pid if pserver else None,
+                              "ui": cfg.prefect_ui_url, "api": cfg.prefect_api_url, "home": str(self.prefect_home),
+                              "serve": {"running": pserve is not None, "pid": pserve.pid if pserve else None}}
         if server is not None:
             env = self.env(cfg)
             try:
@@ -424,6 +538,13 @@ class StandInClient:
 def _clean_env() -> dict[str, str]:
     """The caller's environment minus ClearML settings of some other server."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+
+
+def _repo_root() -> Path:
+    """The checkout (or install) that holds `deployments/`: the served process runs from there."""
+    import deployments
+
+    return Path(deployments.__file__ or "deployments/__init__.py").resolve().parents[1]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

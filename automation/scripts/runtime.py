@@ -156,6 +156,15 @@ class LocalReporter:
 CoreMain = Callable[[TaskSpec, Reporter], None]
 
 
+def _load_secrets(spec: TaskSpec) -> None:
+    """Secret references -> this process's environment (values are never printed or reported)."""
+    if spec.secret_env:
+        from automation.secrets import resolve
+
+        os.environ.update(resolve(spec.secret_env))
+        print(f"secrets loaded into the environment: {', '.join(sorted(spec.secret_env))}", flush=True)
+
+
 def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
     """Entry point of every core script."""
     parser = argparse.ArgumentParser(prog=f"automation.scripts.{kind}")
@@ -164,6 +173,7 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.spec:
         spec = spec_from_file(args.spec, expected_kind=kind)
+        _load_secrets(spec)
         main(spec, LocalReporter(args.out))
         return
 
@@ -175,6 +185,7 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         spec = spec_from_task(task)
         if spec.kind != kind:
             raise SpecError(f"task holds a '{spec.kind}' spec but runs the '{kind}' script")
+        _load_secrets(spec)
         main(spec, ClearMLReporter(task))
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:

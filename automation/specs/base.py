@@ -48,6 +48,8 @@ def volatile(default: Any = ..., **kwargs: Any) -> Any:
     """A field that never changes the task's output (excluded from `identity()`)."""
     extra = dict(kwargs.pop("json_schema_extra", None) or {})
     extra["volatile"] = True
+    if "default_factory" in kwargs:
+        return Field(json_schema_extra=extra, **kwargs)
     return Field(default, json_schema_extra=extra, **kwargs)
 
 
@@ -163,11 +165,25 @@ class TaskSpec(BaseModel):
     tags: tuple[str, ...] = volatile((), description="extra ClearML tags")
     packages: tuple[str, ...] = Field((), description="extra pip requirements (a pinned one wins)")
     code: CodeRef = Field(default_factory=CodeRef, description="code the agent runs (pinned)")
+    secret_env: dict[str, str] = volatile(
+        default_factory=dict, description="environment variables the core script gets from a secret, by "
+                                          "reference only: NAME -> 'env:VAR' (the agent host's variable) or "
+                                          "'prefect-secret:BLOCK' (a Prefect Secret block); never a value")
+    hooks: tuple[str, ...] = volatile((), description="submit hooks applied to this spec, in order")
 
     ENVELOPE: ClassVar[tuple[str, ...]] = (
         "project", "name", "queue", "queue_escalation", "docker_image", "docker_args", "tags",
-        "packages", "code",
+        "packages", "code", "secret_env", "hooks",
     )
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_refs_only(cls, value: dict[str, str]) -> dict[str, str]:
+        from automation.secrets import check_reference
+
+        for name, ref in value.items():
+            check_reference(name, ref)
+        return value
 
     @field_validator("packages")
     @classmethod

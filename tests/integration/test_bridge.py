@@ -8,6 +8,7 @@ stand-in's stats, Prefect task-run attempts from the Prefect API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -351,7 +352,12 @@ def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: St
                                                      faults: Callable[..., dict[str, Any]]) -> None:
     specs = batch_specs(f"faults-{RUN}", 4, sleep_s=0.5)
     faults(rate=0.1, kinds=["error", "drop", "delay"], delay_s=0.5, seed=4)
-    out = asyncio.run(batch_flow(specs))
+    poller = shared_poller()
+    check_s, poller.entry_check_s = poller.entry_check_s, 3.0  # an agent's lost dequeue is put back soon
+    try:
+        out = asyncio.run(batch_flow(specs))
+    finally:
+        poller.entry_check_s = check_s
     injected = faults(rate=0.0)["injected"]
     print(f"\n[measure] faults injected: {injected}")
     assert sum(injected.values()) > 0
@@ -360,6 +366,40 @@ def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: St
         tasks = by_identity(api, spec)
         assert [t["status"] for t in tasks] == ["completed"], tasks  # nothing lost, nothing duplicated
         assert result.scalars["debug/value"] == spec.value
+
+
+def test_lost_dequeue_is_put_back(stack: StackHandle, api: StandInClient) -> None:
+    """An agent's `queues.get_next_task` whose answer is lost leaves the task `queued` in no queue;
+    the poller puts it back. Made deterministic here: a queue no agent serves, popped by hand."""
+    queue = f"orphan-{RUN}"
+    queue_id = api.call("queues.create", {"name": queue})["id"]
+    spec = DebugSpec(queue=queue, sleep_s=0.1, steps=1, salt=f"lost-{RUN}")
+    poller = shared_poller()
+    check_s, poller.entry_check_s = poller.entry_check_s, 1.0
+
+    def entries() -> list[str]:
+        return [e["task"] for e in api.call("queues.get_by_id", {"queue": queue_id})["queue"]["entries"]]
+
+    async def scenario() -> None:
+        running = asyncio.create_task(execute(spec))
+        try:
+            queued = await asyncio.to_thread(wait_for, "the task queued", lambda: entries(), 30)
+            api.call("queues.get_next_task", {"queue": queue_id})  # the pop whose answer "got lost"
+            assert entries() == [] and by_identity(api, spec)[0]["status"] == "queued"
+            back = await asyncio.to_thread(wait_for, "the entry put back", lambda: entries(), 30)
+            assert back == queued
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    try:
+        before = poller.put_back
+        asyncio.run(scenario())
+        assert poller.put_back == before + 1
+    finally:
+        poller.entry_check_s = check_s
+    assert [t["status"] for t in by_identity(api, spec)] == ["stopped"]  # the cancel reached it
 
 
 # -- 6. SIGKILL the orchestrator, run again ---------------------------------------------------

@@ -27,7 +27,7 @@ def test_sdk_and_agent_traffic_matches_the_contract(local_stack: StackHandle) ->
     stats = local_stack.stats()
     if "tasks.create" not in stats["calls"] or "events.add_batch" not in stats["calls"]:
         # Run on its own: make the traffic first (the demo's round trip through a real agent).
-        from automation.demo import run_hello
+        from automation.local.roundtrip import run_hello
 
         assert run_hello(local_stack.env, queue="cpu").status == "completed"
         stats = local_stack.stats()

@@ -1,0 +1,155 @@
+"""chain: the tiny compress -> (evaluate, benchmark) chain, orchestrated vs run directly.
+
+The tiny model (2-layer Llama, local tokenizer) is built first in a subprocess (not timed).
+
+- orchestrated: through the local stack with `flows.bridge.execute` (the body of `run_task`):
+  compress w4a16 (calibration `tiny`) on queue `cpu`; then evaluate (suite `tiny`, queue `gpu`)
+  and benchmark (profile `smoke`, queue `cpu`) of its output model, concurrently. The
+  compressed model goes through ClearML: uploaded to the file server by the compress task,
+  downloaded by the two downstream tasks.
+- direct: the same three core scripts, `python -m automation.scripts.<kind> --spec spec.json
+  --out DIR` in subprocesses (no ClearML), compress first, then evaluate and benchmark of its
+  output directory concurrently: the same shape, the same work.
+
+Both run with OMP_NUM_THREADS=1 per process (what each agent gets on 2 cores with 2 agents).
+Where the difference goes is read from the ClearML timestamps of the orchestrated tasks:
+queue wait (created -> started: the agent's 5 s poll of its queue, plus the agent's own
+start-up work before it marks the task started), in-task overhead (started -> completed minus
+the direct run of the same step: SDK initialisation, model download/upload, flush/close), and
+the orchestrator's gap (compress completed -> downstream created).
+
+Layering: this module imports no ML library; the core scripts run in their own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from automation.results import TaskResult
+from automation.specs.base import TaskSpec
+from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.compress import CompressSpec
+from automation.specs.evaluate import EvaluateSpec
+from automation.specs.model_ref import ModelRef
+from benchmarks.common import Outcome, Row, fmt
+from benchmarks.stack import REPO, Bench
+
+PROJECT = "benchmarks-chain"
+ML_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+          "OMP_NUM_THREADS": "1", "GUIDELLM__MAX_WORKER_PROCESSES": "1"}
+
+
+def _specs(model: ModelRef | str) -> tuple[EvaluateSpec, BenchmarkSpec]:
+    return (EvaluateSpec(project=PROJECT, model=model, suite="tiny", queue="gpu"),
+            BenchmarkSpec(project=PROJECT, model=model, profile="smoke", queue="cpu", startup_timeout_s=300))
+
+
+def _orchestrated(tiny: Path) -> tuple[float, list[TaskResult]]:
+    from flows.bridge import backend, execute
+
+    compress = CompressSpec(project=PROJECT, model=str(tiny), recipe="w4a16", calibration="tiny", num_samples=16,
+                            max_seq_length=64, queue="cpu")
+
+    async def go() -> list[TaskResult]:
+        try:
+            c = await execute(compress, max_wait_s=900)
+            if c.status != "completed":
+                raise RuntimeError(f"compress task {c.task_id}: {c.status} {c.status_message}")
+            ev, bm = _specs(ModelRef.from_result(c))
+            e, b = await asyncio.gather(execute(ev, max_wait_s=900), execute(bm, max_wait_s=900))
+            return [c, e, b]
+        finally:
+            await backend().aclose()
+
+    started = time.monotonic()
+    results = asyncio.run(go())
+    return time.monotonic() - started, results
+
+
+def _script(spec: TaskSpec, work: Path, name: str) -> subprocess.Popen[bytes]:
+    spec_file = work / f"{name}.json"
+    spec_file.write_text(json.dumps({"kind": spec.kind, **spec.model_dump(mode="json")}))
+    log = (work / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", spec.script_module, "--spec", str(spec_file),
+                             "--out", str(work / name)], cwd=REPO, env={**os.environ, **ML_ENV},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(proc: subprocess.Popen[bytes], work: Path, name: str) -> float:
+    started = time.monotonic()
+    if proc.wait(timeout=900) != 0:
+        raise RuntimeError(f"direct {name} failed:\n{(work / f'{name}.log').read_text()[-3000:]}")
+    return time.monotonic() - started
+
+
+def _direct(tiny: Path, work: Path) -> tuple[float, dict[str, float]]:
+    work.mkdir(parents=True, exist_ok=True)
+    compress = CompressSpec(project=PROJECT, model=str(tiny), recipe="w4a16", calibration="tiny", num_samples=16,
+                            max_seq_length=64, queue="cpu")
+    started = time.monotonic()
+    t0 = time.monotonic()
+    _wait(_script(compress, work, "compress"), work, "compress")
+    steps = {"compress": time.monotonic() - t0}
+    models = json.loads((work / "compress" / "results.json").read_text())["models"]
+    model_dir = str(next(iter(models.values())))
+    ev, bm = _specs(model_dir)
+    t1 = time.monotonic()
+    procs = {"evaluate": _script(ev, work, "evaluate"), "benchmark": _script(bm, work, "benchmark")}
+    for name, proc in procs.items():
+        _wait(proc, work, name)
+        steps[name] = time.monotonic() - t1
+    return time.monotonic() - started, steps
+
+
+def _ts(value: datetime | str | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.timestamp()
+
+
+def run(bench: Bench) -> Outcome:
+    work = bench.data_dir / f"chain-{bench.run_id}"
+    tiny = work / "tiny"
+    subprocess.run([sys.executable, "-m", "automation.scripts.lib.tiny_model", "--out", str(tiny)], cwd=REPO,
+                   env={**os.environ, **ML_ENV}, check=True, capture_output=True, timeout=600)
+    direct_s, direct_steps = _direct(tiny, work / "direct")
+    orchestrated_s, results = _orchestrated(tiny)
+    for r in results:
+        if r.status != "completed":
+            raise RuntimeError(f"{r.kind} task {r.task_id}: {r.status} {r.status_message}")
+    tasks = {r.kind: bench.api.call("tasks.get_by_id", {"task": r.task_id})["task"] for r in results}
+    steps: dict[str, dict[str, float]] = {}
+    for kind, task in tasks.items():
+        created, started, completed = (_ts(task.get(k)) for k in ("created", "started", "completed"))
+        if created is None or started is None or completed is None:
+            continue
+        steps[kind] = {"queue_wait_s": round(started - created, 2), "run_s": round(completed - started, 2),
+                       "direct_run_s": round(direct_steps.get(kind, float("nan")), 2)}
+    comp_done = _ts(tasks["compress"].get("completed"))
+    down_created = min(_ts(tasks[k].get("created")) or 0.0 for k in ("evaluate", "benchmark"))
+    handoff_s = round(down_created - comp_done, 2) if comp_done else None
+    ratio = orchestrated_s / direct_s
+    data: dict[str, Any] = {
+        "seconds": {"orchestrated": round(orchestrated_s, 1), "direct": round(direct_s, 1)},
+        "ratio": round(ratio, 2),
+        "steps": steps,
+        "handoff_s": handoff_s,
+        "task_ids": {r.kind: r.task_id for r in results},
+    }
+    rows = [Row("seconds orchestrated | direct", f"{fmt(orchestrated_s, 1)} | {fmt(direct_s, 1)}"),
+            Row("ratio", f"{ratio:.2f}x")]
+    for kind, s in steps.items():
+        rows.append(Row(f"{kind}: queue wait | run | direct run (s)",
+                        f"{fmt(s['queue_wait_s'], 1)} | {fmt(s['run_s'], 1)} | {fmt(s['direct_run_s'], 1)}"))
+    rows.append(Row("compress done -> downstream created (s)", fmt(handoff_s)))
+    return Outcome(data=data, rows=rows)

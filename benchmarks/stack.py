@@ -1,0 +1,243 @@
+"""The harness's own environment: a local ClearML stack (stand-in + real agents), and, for the
+benchmarks that need Prefect runs, one real `prefect server start`.
+
+Everything lives under one data directory (default: a fresh temporary one) and is taken down by
+`Bench.close()`: agents and stand-in through `LocalStack.down()`, the Prefect server by its pid.
+The environment of this process is pointed at both BEFORE clearml or prefect is imported (the
+SDK reads its configuration once per process), and it gets its own HOME so SDK caches never
+touch the user's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from automation.local.stack import LocalStack, StandInClient
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT_QUEUES = ("gpu", "cpu")
+# Endpoints the idle agents call on their own (queue polling, worker reports): left out of every
+# count of "calls made by the orchestrator / the SDK client under test".
+AGENT_ENDPOINTS = frozenset({"queues.get_next_task", "workers.register", "workers.unregister",
+                             "workers.status_report", "workers.get_runtime_properties", "auth.login"})
+ACTIVE = frozenset({"created", "queued", "in_progress"})
+PREFECT_START_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+def start_prefect_server(home: Path) -> PrefectServer:
+    """`prefect server start` on a free port with its own PREFECT_HOME (SQLite); returns once
+    it answers /health."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+    log = home / "server.log"
+    server_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    server_env.pop("PREFECT_API_URL")  # the server itself must not talk to a server
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-ui"],
+            cwd=REPO, env=server_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = PrefectServer(api_url=api_url, home=home, env=env, proc=proc, log=log)
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"prefect server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@dataclass
+class Bench:
+    """What every benchmark gets: the stack, its API, counters, fault switch, Prefect."""
+
+    data_dir: Path
+    quick: bool
+    stack: LocalStack
+    env: dict[str, str]
+    api: StandInClient
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    prefect: PrefectServer | None = None
+    trials: int | None = None  # drill trials; None = the mode's default
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+    # -- counters and switches --------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        return self.env["CLEARML_API_HOST"]
+
+    def stats(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in httpx.get(f"{self.api_url}/_standin/stats", timeout=10)
+                .json()["calls"].items()}
+
+    def faults(self, **settings: Any) -> dict[str, Any]:
+        res = httpx.post(f"{self.api_url}/_standin/faults", json=settings, timeout=10)
+        res.raise_for_status()
+        return dict(res.json())
+
+    # -- queries --------------------------------------------------------------------------
+    def by_tag(self, tag: str, fields: Iterable[str] = ("id", "status", "tags")) -> list[dict[str, Any]]:
+        return list(self.api.call("tasks.get_all", {"tags": [tag], "search_hidden": True, "order_by": ["created"],
+                                                    "only_fields": list(fields)})["tasks"])
+
+    def by_identity(self, identity: str) -> list[dict[str, Any]]:
+        from automation.backend import IDENTITY_TAG
+
+        return self.by_tag(f"{IDENTITY_TAG}{identity}",
+                           ("id", "status", "status_message", "tags", "created", "started", "completed"))
+
+    def idle_queue(self, name: str) -> str:
+        """A queue no agent serves: tasks put there stay queued (for polling/footprint)."""
+        return self.api.ensure_queue(name)
+
+    def stop_active(self, tag: str) -> int:
+        """Stop (or dequeue) every still-active task with `tag`: benchmarks clean up after themselves."""
+        stopped = 0
+        for t in self.api.call("tasks.get_all", {"tags": [tag], "status": sorted(ACTIVE), "search_hidden": True,
+                                                 "only_fields": ["id", "status"], "page_size": 500,
+                                                 "page": 0})["tasks"]:
+            with contextlib.suppress(Exception):
+                if t["status"] == "queued":
+                    self.api.call("tasks.dequeue", {"task": t["id"]})
+                self.api.call("tasks.stopped", {"task": t["id"], "force": True, "status_reason": "benchmark cleanup"})
+                stopped += 1
+        return stopped
+
+    def stop_everything_active(self) -> int:
+        """Between benchmarks: no task of an earlier one may keep an agent busy (this stack is ours)."""
+        stopped = 0
+        for t in self.api.call("tasks.get_all", {"status": sorted(ACTIVE), "search_hidden": True,
+                                                 "only_fields": ["id", "status"], "page_size": 1000,
+                                                 "page": 0})["tasks"]:
+            with contextlib.suppress(Exception):
+                if t["status"] == "queued":
+                    self.api.call("tasks.dequeue", {"task": t["id"]})
+                self.api.call("tasks.stopped", {"task": t["id"], "force": True, "status_reason": "benchmark cleanup"})
+                stopped += 1
+        return stopped
+
+    def subprocess_env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
+        if self.prefect is not None:
+            env.update(self.prefect.env)
+        return env
+
+    def note(self, bench: str, text: str) -> None:
+        self.notes.setdefault(bench, []).append(text)
+
+    def close(self) -> None:
+        if self.prefect is not None:
+            self.prefect.stop()
+            self.prefect = None
+        self.stack.down()
+
+
+def open_bench(data_dir: Path, quick: bool, need_prefect: bool) -> Bench:
+    """Bring the stack up (and Prefect if needed) and point this process at them."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    home = data_dir / "home"
+    home.mkdir(exist_ok=True)
+    os.environ["HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                       ("GUIDELLM__MAX_WORKER_PROCESSES", "1")):
+        os.environ.setdefault(key, value)  # inherited by the agents and their task processes
+    prefect: PrefectServer | None = None
+    stack = LocalStack(data_dir / "stack")
+    try:
+        if need_prefect:
+            prefect = start_prefect_server(data_dir / "prefect")
+            os.environ.update(prefect.env)
+        else:
+            # No Prefect server: nothing in this process may start an ephemeral one by accident.
+            os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
+        report = stack.up(queues=list(AGENT_QUEUES), allow_faults=True)
+    except BaseException:
+        if prefect is not None:
+            prefect.stop()
+        stack.down()
+        raise
+    os.environ.update(report.env)
+    env = report.env
+    api = StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"],
+                        timeout=60)
+    return Bench(data_dir=data_dir, quick=quick, stack=stack, env=env, api=api, prefect=prefect)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation): p95 of 20 values is the 19th smallest."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-pct * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def diff_calls(before: dict[str, int], after: dict[str, int], exclude: frozenset[str] = AGENT_ENDPOINTS
+               ) -> dict[str, int]:
+    out = {k: after.get(k, 0) - before.get(k, 0) for k in after if k not in exclude}
+    return {k: v for k, v in out.items() if v}

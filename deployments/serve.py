@@ -1,0 +1,139 @@
+"""The product's deployments, built in Python and served by this process (the local path).
+
+    python -m deployments.serve                          # production-like defaults (placeholders)
+    python -m deployments.serve --tiny-model DIR         # defaults that run on the local stack
+    python -m deployments.serve --tiny-model DIR --nightly-every 30   # the nightly fires every 30 s
+
+`automation local up` starts this with the stack's environment, so the Prefect UI lists the
+deployments and can run them: each run is a subprocess of this process. Production registers the
+same deployments on a `process` work pool with `prefect deploy --prefect-file
+deployments/prefect.yaml` instead (README, "Production"); `build()` is what both describe.
+
+Deployments (flow/deployment):
+- `compress-evaluate-benchmark/compress-evaluate-benchmark`: one model x schemes, on demand.
+- `sweep/sweep`: models x schemes x suites, on demand.
+- `nightly-regression/nightly`: cron 02:00 Europe/Berlin; the schedule's own parameters put its
+  runs in the series `nightly` and fail them on a regression, while runs started by hand from the
+  same deployment go to `nightly-manual` (they never disturb the night-to-night trend); at most
+  one run at a time, a night that would overlap the previous one is cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Schedule
+
+NIGHTLY_CRON = "0 2 * * *"
+NIGHTLY_TIMEZONE = "Europe/Berlin"
+TAGS = ["llm-automation"]
+# What the nightly's schedule adds to every run it creates (schedule-level parameters).
+NIGHTLY_SCHEDULE_PARAMETERS: dict[str, Any] = {"series": "nightly", "fail_on": "regression"}
+
+
+def _observe_performance() -> list[dict[str, Any]]:
+    """The default performance rules, reported but not gating: CPU timings of a tiny model are noise."""
+    from flows.gates import DEFAULT_PERFORMANCE_RULES
+
+    return [r.model_copy(update={"gating": False}).model_dump(mode="json") for r in DEFAULT_PERFORMANCE_RULES]
+
+
+def local_parameters(tiny_model: Path) -> dict[str, dict[str, Any]]:
+    """Defaults of each deployment on the local stack: the tiny model, the `tiny` suite, the `smoke`
+    profile, the built-in calibration set, queues `gpu` and `cpu` (what `automation demo` runs)."""
+    compression = {"calibration": "tiny", "num_samples": 16, "max_seq_length": 64}
+    common = {"profile": "smoke", "compression": compression, "benchmarking": {"startup_timeout_s": 180},
+              "performance_rules": _observe_performance()}
+    matrix = {"models": [str(tiny_model)], "schemes": ["w4a16"], "suites": ["tiny"],
+              "step_queues": {"evaluate": "cpu"}, **common}
+    return {
+        "compress-evaluate-benchmark": {"model": str(tiny_model), "schemes": ["w4a16", "fp8_dynamic"],
+                                        "suite": "tiny", "queue": "gpu", **common},
+        "sweep": dict(matrix),
+        "nightly": {**matrix, "series": "nightly-manual", "fail_on": "error"},
+    }
+
+
+def production_parameters() -> dict[str, dict[str, Any]]:
+    """Placeholders for a real cluster (the same as deployments/prefect.yaml): replace the models
+    and queues with yours, or set them per run."""
+    return {
+        "compress-evaluate-benchmark": {"model": "hf:meta-llama/Llama-3.1-8B-Instruct",
+                                        "schemes": ["w4a16", "fp8_dynamic"], "suite": "openllm",
+                                        "profile": "chat", "queue": "a100x1"},
+        "sweep": {"models": ["hf:meta-llama/Llama-3.1-8B-Instruct"], "schemes": ["w4a16", "fp8_dynamic"],
+                  "suites": ["openllm"], "profile": "chat"},
+        "nightly": {"series": "nightly-manual", "fail_on": "error"},
+    }
+
+
+def nightly_schedule(every_s: float | None = None) -> Schedule:
+    """The nightly's schedule: the cron, or (for a local try-out or a test) every `every_s` seconds
+    starting now; both carry the schedule-level parameters."""
+    from prefect.schedules import Cron, Interval
+
+    if every_s is not None:
+        return Interval(timedelta(seconds=every_s), anchor_date=datetime.now(UTC) + timedelta(seconds=every_s),
+                        timezone="UTC", parameters=NIGHTLY_SCHEDULE_PARAMETERS, slug="nightly")
+    return Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE, parameters=NIGHTLY_SCHEDULE_PARAMETERS, slug="nightly")
+
+
+def build(tiny_model: Path | None = None, nightly_every_s: float | None = None,
+          only: list[str] | None = None) -> list[RunnerDeployment]:
+    """The deployments: local defaults with `tiny_model`, else the production placeholders."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.compress_evaluate_benchmark import compress_evaluate_benchmark
+    from flows.nightly import nightly_regression
+    from flows.sweep import sweep
+
+    params = local_parameters(tiny_model) if tiny_model else production_parameters()
+    # Module entrypoints: runs import the installed package, whatever the served process's cwd.
+    common: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": list(TAGS)}
+    deployments = {
+        "compress-evaluate-benchmark": compress_evaluate_benchmark.to_deployment(
+            "compress-evaluate-benchmark", parameters=params["compress-evaluate-benchmark"],
+            description="Compress one model with each scheme, evaluate and benchmark base and compressed "
+                        "models as ClearML tasks, gate recovery and performance, publish the report.",
+            **{**common, "tags": [*TAGS, "on-demand"]}),
+        "sweep": sweep.to_deployment(
+            "sweep", parameters=params["sweep"],
+            description="Models x schemes x suites, queues by model size, one joined report.",
+            **{**common, "tags": [*TAGS, "on-demand"]}),
+        "nightly": nightly_regression.to_deployment(
+            "nightly", parameters=params["nightly"], schedules=[nightly_schedule(nightly_every_s)],
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            description="Nightly regression: sweep the configured matrix, compare with the accepted baselines "
+                        "and the previous night, fail on a regression.",
+            **{**common, "tags": [*TAGS, "nightly", "regression"]}),
+    }
+    unknown = set(only or []) - set(deployments)
+    if unknown:
+        raise SystemExit(f"unknown deployment(s) {sorted(unknown)}; known: {sorted(deployments)}")
+    # to_deployment dispatches on the caller: from sync code it returns the deployment itself.
+    return [cast("RunnerDeployment", d) for name, d in deployments.items() if not only or name in only]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny-model", type=Path, help="local stack: defaults run this tiny model")
+    parser.add_argument("--nightly-every", type=float, metavar="SECONDS",
+                        help="schedule the nightly every SECONDS from now instead of its cron (try-outs, tests)")
+    parser.add_argument("--only", action="append", help="serve only this deployment (repeatable)")
+    parser.add_argument("--limit", type=int, help="most concurrent runs of this process")
+    args = parser.parse_args(argv)
+
+    from prefect import serve
+
+    deployments = build(args.tiny_model.resolve() if args.tiny_model else None, args.nightly_every, args.only)
+    serve(*deployments, limit=args.limit, print_starting_message=True)
+
+
+if __name__ == "__main__":
+    main()
