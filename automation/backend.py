@@ -409,23 +409,50 @@ class ClearMLBackend:
         data = await self.call("queues.add_task", {"queue": queue_id, "task": task_id})
         return bool(data.get("added"))
 
-    async def stop(self, task_id: str, reason: str) -> str:
-        """Dequeue a queued task, stop a running one; returns what was done."""
+    async def stop(self, task_id: str, reason: str, settle_s: float = 15.0) -> str:
+        """Dequeue a queued task, stop a running one; returns what was done.
+
+        A queued task whose entry an agent has already popped cannot be dequeued: it is marked
+        stopped, but clearml-agent then forces it to `in_progress` when it starts it. So such a
+        task is watched for `settle_s` (the agent's pop-to-start window) and stopped again once
+        it runs; the agent aborts a running task whose status turns `stopped`."""
         info = (await self.statuses([task_id])).get(task_id)
         status = (info or {}).get("status")
+        picked = False
         if status == "queued":
             try:
-                await self.call("tasks.dequeue", {"task": task_id, "status_reason": reason})
+                data = await self.call("tasks.dequeue", {"task": task_id, "status_reason": reason})
                 await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
                                                   "status_message": reason})
-                return "dequeued"
+                if data.get("dequeued", 1):
+                    return "dequeued"
+                picked, status = True, "stopped"  # the entry was gone: an agent holds it
             except ApiCallError:
+                picked = True
                 status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+        done = f"left ({status})"
         if status in ("in_progress", "queued", "created"):
             await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
                                               "status_message": reason})
-            return "stopped"
-        return f"left ({status})"
+            done = "stopped"
+        elif status == "stopped" and picked:
+            done = "stopped"
+        if picked and settle_s > 0:
+            done = await self._hold_stopped(task_id, reason, settle_s, done)
+        return done
+
+    async def _hold_stopped(self, task_id: str, reason: str, settle_s: float, done: str) -> str:
+        deadline = asyncio.get_running_loop().time() + settle_s
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+            status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+            if status == "in_progress":  # the agent started it after our stop: stop it again
+                await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
+                                                  "status_message": reason})
+                return "stopped (again, after an agent started it)"
+            if status not in ("stopped", "queued", "created"):
+                break
+        return done
 
     async def log_tail(self, task_id: str, lines: int = 30) -> list[str]:
         try:

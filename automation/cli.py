@@ -32,6 +32,8 @@ from automation.cli_notify import notify_app  # noqa: E402
 app.add_typer(notify_app, name="notify")
 
 console = Console()
+if not console.is_terminal:  # logs and pipes: no wrapping inside URLs and tables
+    console = Console(width=200)
 err_console = Console(stderr=True)
 
 DataDirOpt = Annotated[

@@ -57,6 +57,8 @@ def demo_env(stack_env: dict[str, str], data_dir: Path) -> dict[str, str]:
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if not env.get("PREFECT_API_URL"):
         env["PREFECT_HOME"] = str(data_dir / "prefect")
+        # The temporary server's telemetry heartbeat races the flow for SQLite ("database is locked").
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return env
 
 

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="stack and Prefect data (default: a new temporary directory)")
     parser.add_argument("--trials", type=int, default=None, help="drill trials (default: 20 full, 2 quick)")
+    parser.add_argument("--drills", default=None,
+                        help="comma-separated subset of the drills (kill,faults,cancel,agent_kill); default all")
     args = parser.parse_args(argv)
     names = list(dict.fromkeys(args.names or NAMES))
     unknown = [n for n in names if n not in NAMES]
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = open_bench(data_dir, quick=args.quick, need_prefect=bool(NEEDS_PREFECT & set(names)))
     if args.trials is not None:
         bench.trials = args.trials
+    if args.drills:
+        bench.drills = [d.strip() for d in args.drills.split(",") if d.strip()]
     results: dict[str, Outcome] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -112,6 +112,7 @@ class Bench:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     prefect: PrefectServer | None = None
     trials: int | None = None  # drill trials; None = the mode's default
+    drills: list[str] | None = None  # which drills to run; None = all
     notes: dict[str, list[str]] = field(default_factory=dict)
 
     # -- counters and switches --------------------------------------------------------------

@@ -53,7 +53,8 @@ def local_parameters(tiny_model: Path) -> dict[str, dict[str, Any]]:
               "step_queues": {"evaluate": "cpu"}, **common}
     return {
         "compress-evaluate-benchmark": {"model": str(tiny_model), "schemes": ["w4a16", "fp8_dynamic"],
-                                        "suite": "tiny", "queue": "gpu", **common},
+                                        "suite": "tiny", "queue": "gpu", "step_queues": {"evaluate": "cpu"},
+                                        **common},
         "sweep": dict(matrix),
         "nightly": {**matrix, "series": "nightly-manual", "fail_on": "error"},
     }

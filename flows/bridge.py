@@ -197,7 +197,7 @@ async def _stop_quietly(client: ClearMLBackend, task_id: str, reason: str) -> No
     # Shielded: this runs while the surrounding scope is being cancelled.
     with anyio.CancelScope(shield=True):
         try:
-            with anyio.fail_after(15):
+            with anyio.fail_after(40):  # stop() may watch a just-picked task for 15 s
                 done = await client.stop(task_id, reason)
             _logger().warning("ClearML task %s %s (%s)", task_id, done, reason)
         except Exception as exc:
@@ -405,8 +405,9 @@ async def stop_flow_run_tasks(flow: Any, flow_run: Any, state: Any) -> None:
     client = ClearMLBackend(retry_for_s=15.0)
     try:
         active = await client.find_active_by_tag(f"{FLOW_RUN_TAG}{flow_run.id}")
-        for record in active:
-            done = await client.stop(str(record["id"]), f"flow run {flow_run.id} {state.type.value.lower()}")
+        reason = f"flow run {flow_run.id} {state.type.value.lower()}"
+        outcomes = await asyncio.gather(*(client.stop(str(r["id"]), reason) for r in active), return_exceptions=True)
+        for record, done in zip(active, outcomes, strict=True):
             log.warning("flow run %s %s: ClearML task %s %s", flow_run.id, state.name, record["id"], done)
     finally:
         await client.aclose()

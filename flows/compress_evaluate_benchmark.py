@@ -8,9 +8,10 @@ The base model's evaluation and benchmark start at once, next to the compression
 evaluation and benchmark start when its compression is done; gates, baselines and the report
 close the run. Every parameter is top level or a small model, so deployment overrides (shallow
 per top-level parameter) replace exactly what they name.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` in flow modules: `flow.serve()` pickles the flow by value,
+and string annotations would lose the parameter models in the serving process.
+"""
 
 import asyncio
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ async def compress_evaluate_benchmark(
     model, gate recovery and performance against the base, and publish one joined report.
 
     Args:
-        model: the model: hf:org/name[@revision], a local path, or clearml:<model id>
+        model: the model: hf:org/name[@revision], a local path, or clearml:MODEL_ID
         schemes: compression schemes (standard recipes: w4a16, w8a8, fp8_dynamic; or a recipe file)
         suite: evaluation suite (openllm, leaderboard, tiny, or a file)
         profile: GuideLLM workload profile (chat, rag, summarization, code_completion, long_context, smoke)

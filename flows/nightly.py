@@ -8,8 +8,6 @@ baselines of the registry, and the run fails when a gate fails (`fail_on="regres
 what a Failed-run notification reports in the morning.
 """
 
-from __future__ import annotations
-
 import asyncio
 from typing import Any
 

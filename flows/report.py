@@ -367,8 +367,8 @@ def render_console(report: Report) -> Group:
         summary.add_column(header)
     for cell in report.cells:
         summary.add_row(*_summary_values(report, cell, acc_names))
-    # The console keeps to what decides: accuracy gates, gating performance checks, anything that
-    # failed; observation-only passes and the reasons are in the markdown report.
+    # The console keeps to what decides: accuracy gates, gating performance checks and failures;
+    # observation-only metrics and every decision's reason are in the markdown report.
     decisions = Table(title="gate decisions", title_justify="left")
     for header in ("cell", "vs", "metric", "reference", "value", "recovery / change", "interval", "outcome"):
         decisions.add_column(header)
@@ -380,7 +380,7 @@ def render_console(report: Report) -> Group:
                               _interval(a.low, a.high), outcome_word(a.outcome))
         for vs, perf in (("base", cell.performance_gates), ("accepted", cell.accepted_gates)):
             for p in perf:
-                if p.gating or p.outcome == "fail":
+                if p.gating:  # observation-only changes: the summary's deltas and the markdown
                     decisions.add_row(label, vs, p.metric, fmt(p.reference), fmt(p.candidate), fmt_change(p.change),
                                       "-", outcome_word(p.outcome) + ("" if p.gating else " (observe)"))
         for f in cell.failures:

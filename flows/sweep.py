@@ -7,8 +7,6 @@ caps (`queue_caps`, plus settings `AUTOMATION_QUEUE_CAPS`) become Prefect global
 matrix is validated before the first task is queued; unchanged cells are reused, not recomputed.
 """
 
-from __future__ import annotations
-
 import asyncio
 from typing import Any
 
@@ -61,7 +59,7 @@ async def sweep(
     compressed model against its base; publish one joined report.
 
     Args:
-        models: models (hf:org/name[@revision], local paths, clearml:<model id>)
+        models: models (hf:org/name[@revision], local paths, clearml:MODEL_ID)
         schemes: compression schemes (w4a16, w8a8, fp8_dynamic, or recipe files)
         suites: evaluation suites
         profile: GuideLLM workload profile

@@ -5,7 +5,7 @@
 # apt-get): the browser test then skips and says why.
 set -u
 
-CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+CHROMIUM="${AUTOMATION_CHROMIUM:-/usr/bin/chromium}"
 
 if [ -x "$CHROMIUM" ]; then
     echo "install-browser: $CHROMIUM is installed ($("$CHROMIUM" --version 2>/dev/null || echo 'version unknown'))"

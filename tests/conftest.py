@@ -68,3 +68,13 @@ def local_stack(session_home: Path, tmp_path_factory: pytest.TempPathFactory) ->
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, built once per session. Its path is part of every spec's identity, so tests
+    that share it also share finished ClearML work (a later test's identical step is reused)."""
+    from automation.demo import ensure_tiny_model
+
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", {**os.environ, **offline})

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import httpx
 import psutil
 import pytest
 
-from automation.demo import ensure_tiny_model
 from tests.conftest import StackHandle
+from tests.helpers import wait_for
 from tests.integration.conftest import REPO, PrefectServer
 
 pytestmark = pytest.mark.integration
@@ -41,20 +41,11 @@ NIGHTLY = "nightly-regression/nightly"
 CEB = "compress-evaluate-benchmark/compress-evaluate-benchmark"
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_model(tmp_path_factory.mktemp("deployments") / "tiny", {**os.environ, **OFFLINE})
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model  # shared with tests/e2e: its finished steps are reused here
 
 
 @pytest.fixture(scope="module")
