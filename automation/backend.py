@@ -409,13 +409,15 @@ class ClearMLBackend:
         data = await self.call("queues.add_task", {"queue": queue_id, "task": task_id})
         return bool(data.get("added"))
 
-    async def stop(self, task_id: str, reason: str, settle_s: float = 15.0) -> str:
+    async def stop(self, task_id: str, reason: str, settle_s: float = 10.0) -> str:
         """Dequeue a queued task, stop a running one; returns what was done.
 
-        A queued task whose entry an agent has already popped cannot be dequeued: it is marked
-        stopped, but clearml-agent then forces it to `in_progress` when it starts it. So such a
-        task is watched for `settle_s` (the agent's pop-to-start window) and stopped again once
-        it runs; the agent aborts a running task whose status turns `stopped`."""
+        A stop can be undone by a forced start: a queued task whose entry an agent has already
+        popped cannot be dequeued, and the agent forces it to `in_progress` when it starts it; a
+        task the agent is still launching is forced to `in_progress` again by the script's own
+        `Task.init`. So a task stopped while picked or running is watched for `settle_s` and
+        stopped again whenever it shows up running; the agent aborts a running task whose status
+        turns `stopped`."""
         info = (await self.statuses([task_id])).get(task_id)
         status = (info or {}).get("status")
         picked = False
@@ -431,6 +433,7 @@ class ClearMLBackend:
                 picked = True
                 status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
         done = f"left ({status})"
+        picked = picked or status == "in_progress"
         if status in ("in_progress", "queued", "created"):
             await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
                                               "status_message": reason})
@@ -442,15 +445,16 @@ class ClearMLBackend:
         return done
 
     async def _hold_stopped(self, task_id: str, reason: str, settle_s: float, done: str) -> str:
-        deadline = asyncio.get_running_loop().time() + settle_s
-        while asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle_s
+        while loop.time() < deadline:
             await asyncio.sleep(0.5)
             status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
-            if status == "in_progress":  # the agent started it after our stop: stop it again
+            if status == "in_progress":  # started (forced) after our stop: stop it again
                 await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
                                                   "status_message": reason})
-                return "stopped (again, after an agent started it)"
-            if status not in ("stopped", "queued", "created"):
+                done = "stopped (again, after a forced start)"
+            elif status not in ("stopped", "queued", "created"):
                 break
         return done
 
