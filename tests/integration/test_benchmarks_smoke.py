@@ -64,6 +64,7 @@ def test_quick_benchmarks_write_every_key(tmp_path: Path) -> None:
     assert _get(data, "drills.faults.duplicates") == 0
     assert sum(_get(data, "drills.faults.injected").values()) > 0
     assert _get(data, "drills.cancel.seconds_to_stop_all.max") >= 0
+    assert _get(data, "drills.cancel.active_again_after_stop") == 0  # every stop held (a correctness property)
     recovered, killed = _get(data, "drills.agent_kill.recovered"), _get(data, "drills.agent_kill.killed")
     assert isinstance(recovered, int) and recovered == killed  # every killed task process was recovered
     assert "benchmarks (quick mode)" in proc.stdout
