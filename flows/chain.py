@@ -215,7 +215,7 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
 
 
 async def check_plan(plan: Plan) -> None:
-    """What needs the server: every queue exists, every ClearML input model exists."""
+    """What needs a server: every queue exists, every input model can be found, every hook applies."""
     client = backend()
     for queue in sorted(plan.queues):
         try:
@@ -224,6 +224,12 @@ async def check_plan(plan: Plan) -> None:
             raise FlowInputError(f"queue: {exc}") from None
     for mp in plan.models:
         await check_model_available(mp.model)
+        # Hooks may look things up (a Secret block): run them once on every planned spec now.
+        for spec in (mp.base_bench, *mp.base_evals.values(), *mp.compress.values()):
+            try:
+                await apply_hooks(spec, plan.hooks)
+            except (HookError, SpecError) as exc:
+                raise FlowInputError(f"hooks: {exc}".replace("hooks: hooks: ", "hooks: ")) from None
 
 
 async def check_model_available(model: ModelRef) -> None:

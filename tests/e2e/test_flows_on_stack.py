@@ -197,7 +197,8 @@ def test_cli_bad_input_fails_before_anything_is_queued(tiny: Path, api: StandInC
     before = len(project_tasks(api))
     env = {**os.environ, **OFFLINE, **prefect_server.env}  # now: the stack fixture has set CLEARML_*
     for args, field in ((["--schemes", "w3a9"], "schemes[0] (w3a9)"), (["--suite", "nope"], "suite"),
-                        (["--threshold", "1.5"], "threshold"), (["--queue", "no-such-queue"], "queue")):
+                        (["--threshold", "1.5"], "threshold"), (["--queue", "no-such-queue"], "queue"),
+                        (["--hooks", f"hf_token:no-such-block-{RUN}"], "hooks: hf_token: no Prefect Secret block")):
         res = subprocess.run([sys.executable, "-m", "automation.cli", "run", "compress-evaluate-benchmark",
                               "--model", str(tiny), "--suite", "tiny", "--profile", "smoke", "--project", PROJECT,
                               *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
