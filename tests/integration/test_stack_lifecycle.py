@@ -41,7 +41,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(tmp_path: Path,
     data_dir = tmp_path / "stack"
     data = DataDir(data_dir)
 
-    first = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", home=session_home)
+    first = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", "--no-prefect", home=session_home)
     assert first.returncode == 0, first.stderr
     assert "started: server, agent-q1" in first.stderr
     exports = [line for line in first.stdout.splitlines() if line.startswith("export ")]
@@ -55,7 +55,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(tmp_path: Path,
     assert oct(data.env_file.stat().st_mode & 0o777) == "0o600"
 
     pids_before = _recorded_tree(data)
-    second = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", home=session_home)
+    second = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", "--no-prefect", home=session_home)
     assert second.returncode == 0, second.stderr
     assert "started: nothing new" in second.stderr
     assert second.stdout == first.stdout
@@ -88,7 +88,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(tmp_path: Path,
     assert not strays, f"processes left after down: {strays}"
     assert not list(data.run.glob("*.pid"))
 
-    third = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", "--no-agents",
+    third = _cli("local", "up", "--data-dir", str(data_dir), "--queues", "q1", "--no-prefect", "--no-agents",
                  home=session_home)
     assert third.returncode == 0, third.stderr
     assert third.stdout == first.stdout  # same ports, same credentials
