@@ -52,7 +52,8 @@ class BackendUnavailable(BackendError):
 
 
 class ServerUnreachable(BackendUnavailable):
-    """Connections to the server were refused: a wrong URL or a server that is down."""
+    """No connection to the server could be made (refused or timed out): a wrong URL, a server
+    that is down, or a host that drops packets."""
 
 
 class ApiCallError(BackendError):
@@ -74,6 +75,14 @@ class _Transient(Exception):
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (_Transient, httpx.TransportError))
+
+
+# Failures to open a connection at all. A refused connection answers at once; a host that drops
+# packets only shows as a connect timeout (5 s each here), so both count towards
+# `connect_attempts` instead of being retried for `retry_for_s`. PoolTimeout is left out on
+# purpose: it means our own pool stayed full (many slow calls at once), not that the server is
+# gone, so it stays an ordinary transient failure.
+_CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class ClearMLBackend:
@@ -163,14 +172,15 @@ class ClearMLBackend:
                             if auth is not None
                             else self._http().post(f"/{endpoint}", json=dict(body), headers=headers)
                         )
-                    except httpx.ConnectError:
-                        # A server that refuses connections is not coming back within a poll:
-                        # give up after a few tries so bad config fails in seconds.
+                    except _CONNECT_FAILURES as exc:
+                        # A server we cannot connect to is not coming back within a poll: give
+                        # up after a few tries so bad config fails in seconds, not minutes.
                         connect_failures += 1
                         if connect_failures >= self.connect_attempts:
+                            how = "timed out" if isinstance(exc, httpx.ConnectTimeout) else "refused"
                             raise ServerUnreachable(
                                 f"ClearML API server {self.settings.api_host} is unreachable "
-                                f"({endpoint}: connection refused {connect_failures} times)"
+                                f"({endpoint}: connection {how}, {connect_failures} attempts)"
                             ) from None
                         raise
                     return self._unwrap(endpoint, res)
@@ -405,9 +415,35 @@ class ClearMLBackend:
         return {str(q["id"]): {str(e.get("task")) for e in q.get("entries") or []} for q in data["queues"]}
 
     async def put_back(self, queue_id: str, task_id: str) -> bool:
-        """Re-add the queue entry of a task whose status is still `queued` (its dequeue was lost)."""
-        data = await self.call("queues.add_task", {"queue": queue_id, "task": task_id})
-        return bool(data.get("added"))
+        """Re-add the queue entry of a task whose status is still `queued` (its dequeue was lost).
+
+        `queues.add_task` is not idempotent on every server: if its answer is lost after the
+        entry was added, a blind retry adds a second entry (and the task could be popped twice).
+        So each attempt is sent once, and after a failed one the queue is read before trying again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for_s
+        delay = 0.2
+        while True:
+            try:
+                data = await self.call("queues.add_task", {"queue": queue_id, "task": task_id}, retry_for_s=0)
+                return bool(data.get("added"))
+            except BackendUnavailable:
+                if task_id in (await self.queue_entries([queue_id])).get(queue_id, set()):
+                    return True  # the attempt whose answer was lost did add it
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def add_tags(self, task_id: str, current: Sequence[str], tags: Iterable[str]) -> bool:
+        """Add `tags` to a task whatever its status (as the SDK's `Task.add_tags`: one `tasks.edit`
+        with the whole tag list and force). `current` is the task's tag list as just read. False
+        when every tag was already there (no call)."""
+        merged = list(dict.fromkeys([*current, *tags]))
+        if len(merged) == len(list(dict.fromkeys(current))):
+            return False
+        await self.call("tasks.edit", {"task": task_id, "tags": merged, "force": True})
+        return True
 
     async def stop(self, task_id: str, reason: str, settle_s: float = 10.0) -> str:
         """Dequeue a queued task, stop a running one; returns what was done.
@@ -474,7 +510,9 @@ class ClearMLBackend:
         return f"{self.settings.web_host}/projects/{project_id or '*'}/experiments/{task_id}/output/log"
 
     async def result(self, task_id: str, kind: str, identity: str, reused: bool = False) -> TaskResult:
-        """Read what a finished task reported into a small TaskResult."""
+        """Read what a finished task reported into a small TaskResult: 2 calls (`tasks.get_by_id`,
+        `events.get_task_single_value_metrics`), 3 when the task has an output model
+        (`models.get_by_id`)."""
         task = (await self.call("tasks.get_by_id", {"task": task_id}))["task"]
         singles = await self.call("events.get_task_single_value_metrics", {"tasks": [task_id]})
         raw_values: dict[str, float] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -80,10 +81,15 @@ def local_up(
     except StackError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
+    env_file = shlex.quote(str(stack.data.env_file))
     for key, value in report.env.items():
-        # The secret stays in DIR/env (mode 0600); never on a terminal or in a CI log.
-        shown = "********" if "SECRET" in key else value
-        typer.echo(f"export {key}={shown}")
+        if "SECRET" in key:
+            # The secret stays in DIR/env (mode 0600), never on a terminal or in a CI log. A masked
+            # `export` line would make `eval "$(automation local up)"` set a wrong key, so say
+            # where it is instead, as a comment that eval ignores.
+            typer.echo(f"# {key} is not printed: run `source {env_file}` (it sets every variable)")
+            continue
+        typer.echo(f"export {key}={shlex.quote(value)}")
     what = ", ".join(report.started) or "nothing new"
     err_console.print(f"[green]started:[/green] {what}"
                       + (f"; already running: {', '.join(report.already_running)}"

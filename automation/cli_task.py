@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from automation.specs.base import SpecError, TaskSpec, _is_nested, build, decode_arg
+from automation.specs.base import SpecError, TaskSpec, _allows, _is_nested, build, decode_arg
 from automation.specs.registry import get_kind, kinds
 
 task_app = typer.Typer(help="Task kinds: list their fields, submit one as a ClearML task.", no_args_is_help=True)
@@ -173,12 +173,36 @@ def parse_overrides(cls: type[TaskSpec], tokens: list[str]) -> dict[str, Any]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise SpecError(f"--{key}: '{part}' is not a mapping")
-        try:
-            parsed = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            parsed = raw
-        target[path[-1]] = parsed
+        target[path[-1]] = _parse_leaf(raw, _leaf_annotation(annotation, path[1:]))
     return values
+
+
+def _leaf_annotation(annotation: Any, parts: list[str]) -> Any:
+    """The declared type at a dotted path below a field (Any where the path leaves the schema)."""
+    for part in parts:
+        base = _base_annotation(annotation)
+        origin = typing.get_origin(base)
+        if origin is not None and isinstance(origin, type) and issubclass(origin, dict):
+            args = typing.get_args(base)
+            annotation = args[1] if len(args) == 2 else Any
+        elif isinstance(base, type) and issubclass(base, BaseModel) and part in base.model_fields:
+            annotation = base.model_fields[part].annotation
+        else:
+            return Any
+    return annotation
+
+
+def _parse_leaf(raw: str, annotation: Any) -> Any:
+    # A value typed str stays the text given: YAML would turn "1" into 1 and "on" into True,
+    # which a dict[str, str] (server_env) then refuses.
+    if _allows(annotation, str) and not any(_allows(annotation, t) for t in (int, float, bool)):
+        if _allows(annotation, type(None)) and raw.strip().lower() in ("none", "null"):
+            return None
+        return raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def spec_from_cli(kind: str, tokens: list[str], base: dict[str, Any] | None = None) -> TaskSpec:

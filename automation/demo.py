@@ -59,15 +59,24 @@ def demo_env(stack_env: dict[str, str], data_dir: Path) -> dict[str, str]:
         env["PREFECT_HOME"] = str(data_dir / "prefect")
         # The temporary server's telemetry heartbeat races the flow for SQLite ("database is locked").
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Its default 20 s start-up deadline was missed once on a loaded 2-core host: the demo
+        # then failed before any step ran. A slow start is no reason to fail the main job.
+        env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     return env
 
 
 def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh: bool = False) -> DemoOutcome:
+    # Everything the demo runs is local (tiny model, built-in calibration set, local suite): the
+    # agents this starts inherit offline hub settings too, so no step can wait on a network.
+    # The core scripts go offline for such steps by themselves; this covers anything before them.
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(key, "1")
     stack = LocalStack(data_dir)
     was_up = stack.status().get("server", {}).get("running", False)
-    up = stack.up(queues=list(DEMO_QUEUES))
     started = time.monotonic()
     try:
+        # Inside the try: an `up` that fails half-way (an agent exiting at start) is taken down too.
+        up = stack.up(queues=list(DEMO_QUEUES))
         env = demo_env(up.env, stack.data.root)
         tiny = ensure_tiny_model(stack.data.root / "models" / "tiny", env)
         out = json_out or (stack.data.root / "reports" / "demo-report.json")

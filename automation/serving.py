@@ -53,6 +53,26 @@ def _tail(path: Path, max_chars: int = 4000) -> str:
     return text[-max_chars:]
 
 
+def _group_members(pgid: int) -> list[int] | None:
+    """Live (non-zombie) processes of a process group from /proc; None where there is no /proc."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return None
+    members = []
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
 def _executable(name: str) -> str:
     # Prefer the CLI that sits next to this interpreter, so a venv's server is the one launched.
     local = Path(sys.executable).with_name(name)
@@ -90,6 +110,8 @@ class ManagedServer:
             raise ValueError(f"unknown engine {engine!r}; expected 'transformers' or 'vllm'")
         if served_model_name is not None and engine == "transformers":
             raise ValueError("transformers serve names the model by its path; served_model_name is vLLM-only")
+        if engine == "vllm" and gpus is not None and (gpus if isinstance(gpus, int) else len(gpus)) < 1:
+            raise ValueError(f"gpus: vLLM needs at least one GPU, got {gpus!r} (engine 'transformers' serves on CPU)")
         self.model_dir = str(model_dir)
         self.engine: Engine = engine
         self.host = host
@@ -136,8 +158,16 @@ class ManagedServer:
             cmd += ["--tensor-parallel-size", str(gpu_count)]
         return [*cmd, *self.server_args]
 
+    def serves_local_model(self) -> bool:
+        """A model directory rather than a hub id (a path-like name counts even when missing, so
+        that the server fails on the path instead of asking the hub for it)."""
+        return self.model_dir.startswith(("/", ".", "~")) or Path(self.model_dir).expanduser().exists()
+
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **self.env}
+        # A local model needs nothing from the hub: offline, unless the caller's environment or
+        # the spec's server_env says otherwise. A hub id is left to the environment as it is.
+        offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} if self.serves_local_model() else {}
+        env = {**offline, **os.environ, **self.env}
         if self.gpus is not None:
             ids = list(range(self.gpus)) if isinstance(self.gpus, int) else list(self.gpus)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
@@ -198,23 +228,46 @@ class ManagedServer:
                 time.sleep(0.5)
 
     def stop(self) -> int | None:
-        """SIGTERM the process group, SIGKILL it after `stop_timeout_s`; return the exit code."""
+        """SIGTERM the process group, SIGKILL what is left of it after `stop_timeout_s`; return
+        the leader's exit code.
+
+        The whole group, not only the leader: vLLM's engine and tensor-parallel workers are its
+        children and can outlive a leader that exits first (or that died before stop()), holding
+        GPU memory the next task needs.
+        """
         proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            self._signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                self._signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=self.stop_timeout_s)
+        deadline = time.monotonic() + self.stop_timeout_s
+        self._signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=self.stop_timeout_s)
+        # Members get the rest of the same grace period to exit on their own.
+        while self._group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._signal_group(proc, signal.SIGKILL)
+        proc.wait(timeout=self.stop_timeout_s)
+        # SIGKILL lands asynchronously: return once the group is gone (its memory with it).
+        killed_by = time.monotonic() + min(self.stop_timeout_s, 5.0)
+        while self._group_alive(proc) and time.monotonic() < killed_by:
+            time.sleep(0.02)
         return proc.returncode
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session=True
+
+    @staticmethod
+    def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        members = _group_members(proc.pid)
+        # Where /proc can tell, zombies do not count: an orphan's zombie waits for a reaper that
+        # a container's PID 1 may never be, and would hold stop() for the whole grace period.
+        return members is None or bool(members)
 
     def log_tail(self, max_chars: int = 4000) -> str:
         return _tail(self.log_path, max_chars)

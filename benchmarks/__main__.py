@@ -1,6 +1,6 @@
 """`python -m benchmarks [NAME ...] [--quick] --json FILE`: run the benchmarks on their own local stack.
 
-Names: polling, submission, handoff, footprint, rerun, drills, chain (none = all). Prints a table
+Names: roundtrip, kinds, polling, submission, handoff, footprint, rerun, drills, chain (none = all). Prints a table
 (measured vs target) and writes every figure as JSON, one top-level key per benchmark.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.common import Outcome
 
-NAMES = ("polling", "submission", "handoff", "footprint", "rerun", "drills", "chain")
+NAMES = ("roundtrip", "kinds", "polling", "submission", "handoff", "footprint", "rerun", "drills", "chain")
 NEEDS_PREFECT = frozenset({"handoff", "footprint", "rerun", "drills"})
 
 

@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from automation.results import TaskResult
-from automation.specs.base import TaskSpec
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
 from automation.specs.model_ref import ModelRef
 from benchmarks.common import Outcome, Row, fmt
-from benchmarks.stack import REPO, Bench
+from benchmarks.scripts import build_tiny, start_script, wait_script
+from benchmarks.stack import Bench
 
 PROJECT = "benchmarks-chain"
-ML_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-          "OMP_NUM_THREADS": "1", "GUIDELLM__MAX_WORKER_PROCESSES": "1"}
 
 
 def _specs(model: ModelRef | str) -> tuple[EvaluateSpec, BenchmarkSpec]:
@@ -74,37 +69,21 @@ def _orchestrated(tiny: Path) -> tuple[float, list[TaskResult]]:
     return time.monotonic() - started, results
 
 
-def _script(spec: TaskSpec, work: Path, name: str) -> subprocess.Popen[bytes]:
-    spec_file = work / f"{name}.json"
-    spec_file.write_text(json.dumps({"kind": spec.kind, **spec.model_dump(mode="json")}))
-    log = (work / f"{name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", spec.script_module, "--spec", str(spec_file),
-                             "--out", str(work / name)], cwd=REPO, env={**os.environ, **ML_ENV},
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait(proc: subprocess.Popen[bytes], work: Path, name: str) -> float:
-    started = time.monotonic()
-    if proc.wait(timeout=900) != 0:
-        raise RuntimeError(f"direct {name} failed:\n{(work / f'{name}.log').read_text()[-3000:]}")
-    return time.monotonic() - started
-
-
 def _direct(tiny: Path, work: Path) -> tuple[float, dict[str, float]]:
     work.mkdir(parents=True, exist_ok=True)
     compress = CompressSpec(project=PROJECT, model=str(tiny), recipe="w4a16", calibration="tiny", num_samples=16,
                             max_seq_length=64, queue="cpu")
     started = time.monotonic()
     t0 = time.monotonic()
-    _wait(_script(compress, work, "compress"), work, "compress")
+    wait_script(start_script(compress, work, "compress"), work, "compress")
     steps = {"compress": time.monotonic() - t0}
     models = json.loads((work / "compress" / "results.json").read_text())["models"]
     model_dir = str(next(iter(models.values())))
     ev, bm = _specs(model_dir)
     t1 = time.monotonic()
-    procs = {"evaluate": _script(ev, work, "evaluate"), "benchmark": _script(bm, work, "benchmark")}
+    procs = {"evaluate": start_script(ev, work, "evaluate"), "benchmark": start_script(bm, work, "benchmark")}
     for name, proc in procs.items():
-        _wait(proc, work, name)
+        wait_script(proc, work, name)
         steps[name] = time.monotonic() - t1
     return time.monotonic() - started, steps
 
@@ -120,8 +99,7 @@ def _ts(value: datetime | str | None) -> float | None:
 def run(bench: Bench) -> Outcome:
     work = bench.data_dir / f"chain-{bench.run_id}"
     tiny = work / "tiny"
-    subprocess.run([sys.executable, "-m", "automation.scripts.lib.tiny_model", "--out", str(tiny)], cwd=REPO,
-                   env={**os.environ, **ML_ENV}, check=True, capture_output=True, timeout=600)
+    build_tiny(tiny)
     direct_s, direct_steps = _direct(tiny, work / "direct")
     orchestrated_s, results = _orchestrated(tiny)
     for r in results:

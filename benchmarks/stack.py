@@ -25,14 +25,13 @@ from typing import Any
 
 import httpx
 
+from automation.local.roundtrip import AGENT_ENDPOINTS
 from automation.local.stack import LocalStack, StandInClient
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_QUEUES = ("gpu", "cpu")
 # Endpoints the idle agents call on their own (queue polling, worker reports): left out of every
 # count of "calls made by the orchestrator / the SDK client under test".
-AGENT_ENDPOINTS = frozenset({"queues.get_next_task", "workers.register", "workers.unregister",
-                             "workers.status_report", "workers.get_runtime_properties", "auth.login"})
 ACTIVE = frozenset({"created", "queued", "in_progress"})
 PREFECT_START_TIMEOUT_S = 120.0
 

@@ -98,7 +98,10 @@ def run(bench: Bench) -> Outcome:
     data = {"calls_per_task": {"ours": round(ours["calls_per_task"], 2), "sdk": round(sdk["calls_per_task"], 2)},
             "ms_per_task": {"ours": round(ours["ms_per_task"], 1), "sdk": round(sdk["ms_per_task"], 1)},
             "client_calls_per_task_ours": round(ours["client_calls_per_task"], 2), "tasks_measured": k - 1}
-    rows = [Row("calls/task ours | sdk", f"{fmt(ours['calls_per_task'])} | {fmt(sdk['calls_per_task'])}",
-                "<= 4 ours", ours["calls_per_task"] <= 4),
+    # The target is judged on our client's own count (every logical call it made, exact); the
+    # stand-in's count also catches the idle agents' periodic queue queries in the same window.
+    rows = [Row("calls/task ours (client) | ours (stand-in) | sdk (stand-in)",
+                f"{fmt(ours['client_calls_per_task'])} | {fmt(ours['calls_per_task'])} | {fmt(sdk['calls_per_task'])}",
+                "<= 4 ours", ours["client_calls_per_task"] <= 4),
             Row("ms/task ours | sdk", f"{ours['ms_per_task']:.0f} | {sdk['ms_per_task']:.0f}")]
     return Outcome(data=data, rows=rows)

@@ -5,21 +5,38 @@
 - Idempotent by identity: before creating, tasks tagged `identity:<hash>` are looked up. A
   completed one is returned (no GPU work); a queued or running one is attached to; a draft left
   between create and enqueue is enqueued; failed or stopped ones are history, and a new task is
-  created. So Prefect retries, flow retries and re-runs after a crash never duplicate GPU work.
+  created. Within a process a per-identity lock serialises lookup -> create -> enqueue. Across
+  processes (a rerun next to a still-living run, two deployments) two orchestrators can both miss
+  each other's task, so after enqueueing a new task one more lookup keeps the OLDEST active (or
+  reusable completed) task of the identity: the younger one is stopped (normally still queued,
+  before it ran) and its orchestrator attaches to the older one. So Prefect retries, flow retries
+  and re-runs after a crash do not duplicate GPU work. Left open: a check whose lookup fails
+  (ours is kept, with a warning), and `refresh=True` runs racing each other (a completed task is
+  not reused by them, so one that completed before the check does not stop ours).
+- Attaching tags the task with this run's `prefect-flow-run:`/`prefect-task-run:` ids too, so the
+  sweep of either run covers it. Cancelling a run that attached to another run's task therefore
+  STOPS that task, on purpose: the GPU job must not outlive its orchestrators, and the other run
+  sees `stopped` (an infrastructure failure) and retries, creating a new task.
 - Awaited through one shared poller (one `tasks.get_all` per tick for all tasks in the process).
 - Cancellation, timeouts and SIGTERM reach the coroutine as a cancellation: the ClearML task is
   dequeued or stopped before the error propagates. Flow hooks (`stop_flow_run_tasks`) sweep any
   task of the flow run still active, as a safety net.
-- Failures are typed (flows.errors): code errors are not retried, infrastructure failures are,
-  and out-of-memory failures are retried on the next queue of `spec.queue_escalation`. Bad input
-  (invalid spec, unknown queue, refused connections) fails before anything is created, unretried.
+- Failures are typed (flows.errors): code errors are not retried, infrastructure failures are
+  (on the queue they failed on), and out-of-memory failures are retried on the next queue of
+  `spec.queue_escalation`. Bad input (invalid spec, unknown queue, a server that cannot be
+  connected to) fails before anything is created, unretried.
 - Concurrency caps: a new task takes a slot of the Prefect global concurrency limit
   `clearml-queue:<queue>` (see `ensure_queue_limits`) BEFORE it is created and enqueued, and
-  holds it until the task ends. A queue without such a limit is uncapped. Attaching to a task
-  that is already queued or running takes no slot (it already occupies the queue).
-- API cost (measured against the stand-in): a submission is 1 `tasks.get_all` (identity lookup)
-  + 1 `tasks.create` + 1 `tasks.enqueue` (queues and project are cached per client); a poll tick
-  is 1 `tasks.get_all` for every awaited task of the process; a result read is 2 calls.
+  holds it until the task ends. A queue without such a limit is uncapped (so is every queue
+  while the limit cannot be read: a warning). Attaching to a task that is already queued or
+  running takes no slot (it already occupies the queue).
+- API cost (measured against the stand-in; queues and project are cached per client): a new
+  submission is 2 `tasks.get_all` (identity lookup before, duplicate check after) + 1
+  `tasks.create` + 1 `tasks.enqueue`; a reuse is 1 `tasks.get_all` + the result read; an attach
+  is 1 `tasks.get_all` + 1 `tasks.edit` (tags) when the task lacks this run's tags. A poll tick is
+  1 `tasks.get_all` for every awaited task of the process. A result read is 2 calls
+  (`tasks.get_by_id`, `events.get_task_single_value_metrics`), 3 with an output model
+  (`models.get_by_id`).
 
 Relation to Prefect caching: the ClearML identity lookup IS the cache. It survives lost Prefect
 state, works across flow runs, deployments and machines, and can never return a result whose
@@ -52,6 +69,7 @@ from automation.backend import (
     QUEUE_TAG,
     TASK_RUN_TAG,
     ApiCallError,
+    BackendError,
     BackendUnavailable,
     ClearMLBackend,
     QueueNotFound,
@@ -59,13 +77,14 @@ from automation.backend import (
     tag_value,
 )
 from automation.failures import FailureKind, classify
-from automation.results import SUCCESS_STATUSES, TaskResult
+from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES, TaskResult
 from automation.specs.base import SpecError, TaskSpec, build
 from flows.errors import ERRORS, ClearMLTaskError, OutOfMemoryError, TaskTimeout
 from flows.events import emit_task_event
 from flows.poller import shared_poller
 
 QUEUE_LIMIT_PREFIX = "clearml-queue:"
+DUPLICATE_REASON = "duplicate of ClearML task"  # status message of a concurrent duplicate we stopped
 SLOT_LEASE_S = 60.0  # Prefect's minimum: a slot held by a killed orchestrator comes back soonest
 _BACKENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClearMLBackend] = weakref.WeakKeyDictionary()
 
@@ -105,41 +124,55 @@ def _queue_plan(spec: TaskSpec) -> list[str]:
     return list(dict.fromkeys([spec.queue, *spec.queue_escalation]))
 
 
-async def _choose_queue(client: ClearMLBackend, spec: TaskSpec, history: list[dict[str, Any]]) -> str:
-    """The first queue, or the one after the queue where the latest attempt ran out of memory.
+async def _choose_queue(client: Any, spec: TaskSpec, history: list[dict[str, Any]]) -> str:
+    """The queue for a new attempt: the first one; after an out-of-memory failure the queue after
+    the one that ran out; after any other failure the same queue again (when it is in the plan),
+    so an infrastructure failure after an escalation a -> b retries on b, not on a where it
+    would run out of memory again.
 
     The latest failure is classified with its log tail (one call, only on a retry): the agent
     overwrites status_message/status_reason ("Changed by clearml-agent ...") after the script
     reported the cause, so the status fields alone do not say OOM for long."""
     plan = _queue_plan(spec)
     for record in history:  # newest first
-        if record.get("status") not in ("failed", "stopped"):
-            continue
+        if record.get("status") not in ("failed", "stopped") \
+                or str(record.get("status_message") or "").startswith(DUPLICATE_REASON):
+            continue  # a duplicate we stopped before it ran says nothing about the queue
         tail = await client.log_tail(str(record["id"]), 30)
         kind = classify(record.get("status", ""), record.get("status_message", ""),
                         record.get("status_reason", ""), tail)
-        if kind is not FailureKind.OUT_OF_MEMORY:
-            return plan[0]
         last = tag_value(record.get("tags") or [], QUEUE_TAG)
+        if kind is not FailureKind.OUT_OF_MEMORY:
+            return last if last in plan else plan[0]
         if last in plan and plan.index(last) + 1 < len(plan):
             return plan[plan.index(last) + 1]
         return plan[-1]
     return plan[0]
 
 
+def _stamp(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 def _fresh(record: dict[str, Any], max_age_s: float | None) -> bool:
     if max_age_s is None:
         return True
-    stamp = record.get("completed") or record.get("last_update") or record.get("created")
-    if not stamp:
-        return False
-    try:
-        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    when = _stamp(record.get("completed") or record.get("last_update") or record.get("created"))
+    if when is None:
+        return False  # an age we cannot tell is not within any bound
     return (datetime.now(UTC) - when).total_seconds() <= max_age_s
+
+
+def _age_key(record: dict[str, Any]) -> tuple[datetime, str]:
+    """Submission order of tasks with one identity: created time, then id (both set by the server,
+    so every orchestrator ranks the same tasks the same way)."""
+    return (_stamp(record.get("created")) or datetime.max.replace(tzinfo=UTC), str(record.get("id")))
 
 
 _LIMITS_SEEN: dict[str, tuple[bool, float]] = {}
@@ -148,7 +181,12 @@ LIMIT_CACHE_S = 30.0
 
 async def _has_limit(name: str) -> bool:
     """Whether the global concurrency limit exists (cached briefly). Asking Prefect for a slot of a
-    limit that does not exist costs ~2 s and a warning per task; a queue without a cap needs neither."""
+    limit that does not exist costs ~2 s and a warning per task; a queue without a cap needs neither.
+
+    Any other error (the Prefect client has already retried it) counts as "no limit known", with a
+    warning, and is not cached: a cap only paces submissions (the ClearML queue holds the excess
+    and agents never overrun their GPUs), so running uncapped during a Prefect API outage is
+    harmless, whereas failing here would fail the step unretried over a missing guard."""
     seen = _LIMITS_SEEN.get(name)
     if seen is not None and time.monotonic() - seen[1] < LIMIT_CACHE_S:
         return seen[0]
@@ -161,6 +199,10 @@ async def _has_limit(name: str) -> bool:
         exists = True
     except ObjectNotFound:
         exists = False
+    except Exception as exc:
+        _logger().warning("could not read concurrency limit '%s' (%s: %s): submitting uncapped",
+                          name, type(exc).__name__, exc)
+        return False
     _LIMITS_SEEN[name] = (exists, time.monotonic())
     return exists
 
@@ -169,11 +211,12 @@ async def _has_limit(name: str) -> bool:
 async def _queue_slot(queue: str) -> AsyncIterator[float]:
     """A slot of the queue's Prefect global concurrency limit `clearml-queue:<queue>`, held from
     before the enqueue until the task ends, so a sweep cannot flood a queue. Yields the seconds
-    spent waiting for it. No limit on the queue (or no Prefect run): nothing to hold."""
-    started = time.monotonic()
+    spent waiting for the slot itself (not for the limit lookup: a slow lookup is no reason to
+    look the identity up again). No limit on the queue (or no Prefect run): nothing to hold."""
     if TaskRunContext.get() is None or not await _has_limit(f"{QUEUE_LIMIT_PREFIX}{queue}"):
         yield 0.0
         return
+    started = time.monotonic()
     async with concurrency(f"{QUEUE_LIMIT_PREFIX}{queue}", occupy=1, strict=False,
                            lease_duration=SLOT_LEASE_S):
         yield time.monotonic() - started
@@ -350,6 +393,7 @@ async def _submit_or_attach(
                 # process died): attach without waiting for a slot.
                 task_id = str(record["id"])
                 log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
+                await _claim(client, record)
                 return task_id, tag_value(record.get("tags") or [], QUEUE_TAG) or spec.queue
         queue = await _choose_queue(client, spec, history)
         if slot_taken:
@@ -364,26 +408,97 @@ async def _submit_or_attach(
 
     draft = next((r for r in history if r.get("status") == "created"), None)
     if draft is not None:  # left between create and enqueue by a crashed or cancelled orchestrator
-        task_id = str(draft["id"])
-        await client.enqueue(task_id, tag_value(draft.get("tags") or [], QUEUE_TAG) or queue)
-        log.info("enqueued draft ClearML task %s on '%s'", task_id, queue)
-        return task_id, tag_value(draft.get("tags") or [], QUEUE_TAG) or queue
+        return await _adopt_draft(client, draft, queue)
 
     if queue != spec.queue:
         log.warning("previous attempt ran out of memory: escalating to queue '%s'", queue)
         spec = spec.model_copy(update={"queue": queue})
-    flow_run_id, task_run_id, run_url = _run_ids()
-    tags = [t for t in (f"{FLOW_RUN_TAG}{flow_run_id}" if flow_run_id else None,
-                        f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
-    props = {"prefect_run_url": run_url} if run_url else {}
-    task_id = await client.create(spec, tags=tags, properties=props, input_model_id=input_model_id)
+    props = {"prefect_run_url": run_url} if (run_url := _run_ids()[2]) else {}
+    task_id = await client.create(spec, tags=_run_tags(), properties=props, input_model_id=input_model_id)
     try:
         await client.enqueue(task_id, queue)
+        log.info("created ClearML task %s (%s) on queue '%s': %s", task_id, spec.kind, queue, client.web_url(task_id))
+        older = await _defer_to_older(client, spec, identity, task_id, refresh, max_age_s)
     except BaseException:
         await _stop_quietly(client, task_id, "enqueue failed or was cancelled")
         raise
-    log.info("created ClearML task %s (%s) on queue '%s': %s", task_id, spec.kind, queue, client.web_url(task_id))
+    return older or (task_id, queue)
+
+
+async def _adopt_draft(client: ClearMLBackend, draft: dict[str, Any], queue: str) -> tuple[str, str]:
+    task_id = str(draft["id"])
+    queue = tag_value(draft.get("tags") or [], QUEUE_TAG) or queue
+    await _claim(client, draft)
+    await client.enqueue(task_id, queue)
+    _logger().info("enqueued draft ClearML task %s on '%s'", task_id, queue)
     return task_id, queue
+
+
+async def _defer_to_older(
+    client: ClearMLBackend,
+    spec: TaskSpec,
+    identity: str,
+    task_id: str,
+    refresh: bool,
+    max_age_s: float | None,
+) -> TaskResult | tuple[str, str] | None:
+    """The identity lock is per process: two orchestrators (a rerun next to a still-living run,
+    two deployments) can both miss each other's task in the lookup and both create one. So after
+    our own enqueue, ONE more lookup: if an older task of this identity is active, a leftover
+    draft, or (when reuse is allowed) completed, ours is stopped and the older one is attached to
+    or reused. Every orchestrator ranks tasks by (created, id), so all of them keep the oldest;
+    the server stores a task before answering its create, so the younger one's check always sees
+    the older one. A draft seen here (its submitter is between create and enqueue) is adopted
+    (enqueued) as by the lookup before creating; an older failed or stopped task is history, and
+    ours is a legitimate retry. None: ours is the one to keep."""
+    log = _logger()
+    try:
+        history = await client.find_by_identity(identity)
+    except BackendError as exc:  # the check is a second line of defence: never fail a step over it
+        log.warning("could not check ClearML task %s for concurrent duplicates: %s", task_id, exc)
+        return None
+    mine = next((r for r in history if str(r.get("id")) == task_id), None)
+    if mine is None:
+        return None
+    rank = _age_key(mine)
+    older = [r for r in history if _age_key(r) < rank and (
+        r.get("status") in ACTIVE_STATUSES
+        or (r.get("status") in SUCCESS_STATUSES and not refresh and _fresh(r, max_age_s)))]
+    if not older:
+        return None
+    keep = min(older, key=_age_key)
+    other = str(keep["id"])
+    await _stop_quietly(client, task_id, f"{DUPLICATE_REASON} {other} (same identity, submitted concurrently)")
+    if keep.get("status") in SUCCESS_STATUSES:
+        log.info("reusing ClearML task %s (identity %s, completed meanwhile)", other, identity[:12])
+        return await client.result(other, spec.kind, identity, reused=True)
+    if keep.get("status") == "created":
+        return await _adopt_draft(client, keep, spec.queue)
+    log.info("attaching to ClearML task %s (%s), submitted concurrently with the same identity",
+             other, keep.get("status"))
+    await _claim(client, keep)
+    return other, tag_value(keep.get("tags") or [], QUEUE_TAG) or spec.queue
+
+
+def _run_tags() -> list[str]:
+    flow_run_id, task_run_id, _ = _run_ids()
+    return [t for t in (f"{FLOW_RUN_TAG}{flow_run_id}" if flow_run_id else None,
+                        f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
+
+
+async def _claim(client: ClearMLBackend, record: dict[str, Any]) -> None:
+    """Tag a task this run attaches to with this run's flow-run and task-run ids, so this flow's
+    cancel/crash sweep (`stop_flow_run_tasks`) covers it too (e.g. a rerun after the first
+    orchestrator was SIGKILLed). One `tasks.edit`, only when a tag is missing. A failure only
+    loses the safety net (the wait's own cancellation handling still stops the task): a warning."""
+    tags = _run_tags()
+    if not tags:
+        return
+    try:
+        if await client.add_tags(str(record["id"]), record.get("tags") or [], tags):
+            _logger().info("tagged ClearML task %s with this run's ids", record["id"])
+    except BackendError as exc:
+        _logger().warning("could not tag ClearML task %s with this run's ids: %s", record["id"], exc)
 
 
 async def _link_artifact(client: ClearMLBackend, task_id: str, spec: TaskSpec, reused: bool = False) -> None:

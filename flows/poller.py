@@ -2,9 +2,13 @@
 
 Prefect may run task coroutines on different event loops (one per worker thread with `.submit()`),
 so the poller owns a daemon thread with its own loop and backend client, and waiters on any loop
-await a thread-safe future. The interval adapts: short right after a change or when a task nears
-its expected end, growing while nothing changes, always within [min_interval, max_interval].
-Transient API errors are retried by the backend; one that still fails only delays the next tick.
+await a thread-safe future. The interval adapts, always within [min_interval, max_interval]: it
+drops to the minimum when a task changes STATUS (progress and messages are reported to listeners
+but do not count: many running tasks reporting progress would otherwise pin it at the minimum),
+stays there while a running task is in the window around its expected end (from `max_interval`
+before it to `max(10 s, 10 %)` of the expected duration after it), and otherwise grows by `growth`
+per tick. API errors never fail a wait: the backend retries transient ones, and one that still
+fails (even ServerUnreachable during a short outage) only delays the next tick.
 
 Lost dequeues: an agent pops a queue entry with `queues.get_next_task`; when that answer is lost
 on the way (a proxy reset, a dropped connection), the task stays `queued` in no queue and nothing
@@ -34,6 +38,8 @@ from automation.clearml_settings import ClearMLSettings
 log = logging.getLogger("flows.poller")
 
 TERMINAL = frozenset({"completed", "published", "closed", "failed", "stopped"})
+END_GRACE_MIN_S = 10.0  # the fast window lasts this long past a task's expected end at least...
+END_GRACE_FRACTION = 0.1  # ...or this fraction of its expected duration, whichever is longer
 Listener = Callable[[dict[str, Any]], None]
 
 
@@ -182,28 +188,33 @@ class StatusPoller:
                 pass
 
     def _next_interval(self, current: float, changed: bool) -> float:
-        """Short after a change or near a task's expected end; otherwise growing by `growth` per
-        quiet tick; always within [min_interval_s, max_interval_s]."""
+        """The minimum after a status change or inside a task's expected-end window; otherwise
+        growing by `growth` per tick; always within [min_interval_s, max_interval_s]."""
         if changed or self._near_expected_end():
             return self.min_interval_s
         return min(self.max_interval_s, max(self.min_interval_s, current * self.growth))
 
-    def _near_expected_end(self) -> bool:
-        now = time.monotonic()
+    def _near_expected_end(self, now: float | None = None) -> bool:
+        """Whether a running task is inside its fast window. The window is bounded on both sides:
+        a task that overruns its estimate is polled like any other once the window has passed."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             for watches in self._watches.values():
                 for w in watches:
-                    if w.expected_end is not None and w.last.get("status") == "in_progress" \
-                            and now >= w.expected_end - self.max_interval_s:
+                    if w.expected_end is None or w.last.get("status") != "in_progress":
+                        continue
+                    grace = max(END_GRACE_MIN_S, END_GRACE_FRACTION * (w.expected_duration_s or 0.0))
+                    if w.expected_end - self.max_interval_s <= now <= w.expected_end + grace:
                         return True
         return False
 
     async def _tick(self, ids: list[str]) -> bool:
+        """One status call for every watched task; True when a task's status changed."""
         assert self._backend is not None
         self.ticks += 1
         try:
             records = await self._backend.statuses(ids)
-        except Exception as exc:  # transient ones were already retried by the backend
+        except Exception as exc:  # ServerUnreachable included: an outage only delays the waits
             self.errors += 1
             log.warning("status poll failed (will retry): %s", exc)
             return False
@@ -219,7 +230,7 @@ class StatusPoller:
                         and w.expected_duration_s:
                     w.expected_end = time.monotonic() + w.expected_duration_s
                 if _summary(record) != _summary(w.last):
-                    changed = True
+                    changed = changed or record.get("status") != w.last.get("status")
                     w.last = record
                     if w.on_change is not None:
                         try:

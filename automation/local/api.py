@@ -66,6 +66,15 @@ def missing(field_name: str) -> ApiError:
     return ApiError(f"Validation error: missing required field '{field_name}'", subcode=Sub.VALIDATION)
 
 
+def bad_input(endpoint_name: str, exc: BaseException) -> ApiError:
+    """The 400 for a handler's ValueError/TypeError/KeyError/AttributeError on client input."""
+    if isinstance(exc, KeyError) and exc.args:
+        detail = f"missing or malformed field {exc.args[0]!r}"
+    else:
+        detail = str(exc) or type(exc).__name__
+    return ApiError(f"Validation error in {endpoint_name}: {detail}", subcode=Sub.VALIDATION)
+
+
 @dataclass
 class Ctx:
     """What a handler sees: the store, the stand-in's public URLs and the caller's identity."""
@@ -123,6 +132,10 @@ class CallLog:
     unsupported: Counter[str] = field(default_factory=Counter)
     contract_errors: list[str] = field(default_factory=list)
     validate: bool = False
+    # Called right after a contract error or an unsupported call is recorded. The server points it
+    # at its calls.json writer: the periodic save can lose its last half second to a kill -9, and
+    # these are exactly the records the contract test must not miss.
+    persist: Callable[[], object] | None = None
     _response_classes: dict[str, type] = field(default_factory=dict)
 
     def dump(self) -> dict[str, Any]:
@@ -145,6 +158,21 @@ class CallLog:
             cls(**data)
         except Exception as exc:  # the SDK itself only logs these, so we must catch every kind
             self.contract_errors.append(f"{name}: {exc}")
+            self._persist()
+
+    def note_unsupported(self, name: str) -> None:
+        first = name not in self.unsupported
+        self.unsupported[name] += 1
+        if first:
+            self._persist()
+
+    def _persist(self) -> None:
+        if self.persist is None:
+            return
+        try:
+            self.persist()
+        except OSError:  # a full disk must not turn a response into a 500; the periodic save retries
+            log.exception("could not save the call log")
 
     def _response_class(self, name: str) -> type | None:
         if name in self._response_classes:
@@ -193,6 +221,19 @@ class StandInApp:
                 Route("/_standin/reset_stats", self.reset_stats, methods=["POST"]),
                 Route("/{path:path}", self.dispatch, methods=["GET", "POST", "PUT"]),
             ]
+        )
+
+    def ctx(self, endpoint_name: str = "") -> Ctx:
+        """What a handler sees; also used by the server's own background jobs (the watchdog)."""
+        return Ctx(
+            store=self.store,
+            files_url=self.files_url,
+            web_url=self.web_url,
+            api_url=self.api_url,
+            company=self.creds.company,
+            user_id=self.creds.user_id,
+            user_name=self.creds.user_name,
+            endpoint=endpoint_name,
         )
 
     # -- tokens -------------------------------------------------------------------------------
@@ -256,7 +297,7 @@ class StandInApp:
             body = await self._body(request)
             handler = self.handlers.get(name)
             if handler is None:
-                self.calls.unsupported[name] += 1
+                self.calls.note_unsupported(name)
                 raise ApiError(f"Unsupported endpoint {name} (not served by the local stand-in)",
                                400, Sub.NO_SUCH_ENDPOINT)
             self.calls.counts[name] += 1
@@ -266,22 +307,18 @@ class StandInApp:
                 data: dict[str, Any] | None = {"token": self.issue_token(exp)}
             else:
                 self._authenticate(request, name)
-                ctx = Ctx(
-                    store=self.store,
-                    files_url=self.files_url,
-                    web_url=self.web_url,
-                    api_url=self.api_url,
-                    company=self.creds.company,
-                    user_id=self.creds.user_id,
-                    user_name=self.creds.user_name,
-                    endpoint=name,
-                )
-                data = handler(ctx, body)
+                data = handler(self.ctx(name), body)
             data = data or {}
             self.calls.check(name, data)
             response = self._envelope(name, requested, 200, 0, "OK", data)
         except ApiError as err:
             response = self._envelope(name, requested, err.code, err.subcode, err.msg, {}, err.http_status)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A handler that trips over a wrongly typed or shaped field is a bad request, not a
+            # server fault: answer like clearml-server's schema validation does, naming the field.
+            log.warning("bad request to %s: %r", name, exc, exc_info=True)
+            bad = bad_input(name, exc)
+            response = self._envelope(name, requested, bad.code, bad.subcode, bad.msg, {}, bad.http_status)
         except Exception as exc:  # never leak a stack trace; name the endpoint and the problem
             log.exception("internal error in %s", name)
             response = self._envelope(name, requested, 500, 0, f"Internal error in {name}: {exc!r}", {},

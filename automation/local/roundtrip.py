@@ -15,6 +15,9 @@ import httpx
 
 HELLO_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hello.py"
 TERMINAL = {"completed", "failed", "stopped", "closed", "published"}
+# What idle agents call whatever happens (queue polls, worker reports): not part of a round trip.
+AGENT_ENDPOINTS = frozenset({"queues.get_next_task", "workers.register", "workers.unregister",
+                             "workers.status_report", "workers.get_runtime_properties", "auth.login"})
 
 
 @dataclass
@@ -26,6 +29,10 @@ class DemoResult:
     wall_s: float
     api_calls: int
     calls_by_endpoint: dict[str, int]
+    # Calls without AGENT_ENDPOINTS, by phase: create/configure/enqueue, waiting (our status polls
+    # and the task process under the agent), reading back.
+    calls_by_phase: dict[str, int] = field(default_factory=dict)
+    status_polls: int = 0
     scalars: dict[str, dict[str, float]] = field(default_factory=dict)
     single_values: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -56,8 +63,10 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     task.set_parameters({"Args/greeting": "hello", "Args/steps": 5})
     task.set_configuration_object("demo", config_text='demo { source = "automation demo", seed = 7 }')
     Task.enqueue(task, queue_name=queue)
+    enqueued = _stats(env["CLEARML_API_HOST"])["calls"]
     deadline = time.monotonic() + timeout_s
     status = str(task.get_status())
+    polls = 1
     while status not in TERMINAL:
         if time.monotonic() > deadline:
             task.mark_stopped(force=True, status_message="automation demo: timed out")
@@ -65,15 +74,22 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
                                f"see {task.get_output_log_web_page()}")
         time.sleep(0.5)
         status = str(task.get_status())
-    wall = time.monotonic() - started
+        polls += 1
+    finished = _stats(env["CLEARML_API_HOST"])["calls"]
     task.reload()
-    after = _stats(env["CLEARML_API_HOST"])["calls"]
-    by_endpoint = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
 
     scalars: dict[str, dict[str, float]] = {}
     for title, series in task.get_last_scalar_metrics().items():
         scalars[title] = {name: float(vals.get("last", 0.0)) for name, vals in series.items()}
-    result = DemoResult(
+    single_values = {k: float(v) for k, v in (task.get_reported_single_values() or {}).items()}
+    artifacts = {name: art.url for name, art in task.artifacts.items()}
+    models = {m.name: m.url for m in task.models["output"]}
+    log_tail = [line for chunk in task.get_reported_console_output(number_of_reports=3)
+                for line in str(chunk).splitlines() if line.strip()][-8:]
+    wall = time.monotonic() - started
+    after = _stats(env["CLEARML_API_HOST"])["calls"]
+    by_endpoint = _diff(before, after)
+    return DemoResult(
         task_id=task.id,
         status=status,
         status_message=str(task.data.status_message or ""),
@@ -81,11 +97,18 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
         wall_s=wall,
         api_calls=sum(by_endpoint.values()),
         calls_by_endpoint=by_endpoint,
+        calls_by_phase={"submit": sum(_diff(before, enqueued).values()),
+                        "wait": sum(_diff(enqueued, finished).values()),
+                        "read": sum(_diff(finished, after).values())},
+        status_polls=polls,
         scalars=scalars,
-        single_values={k: float(v) for k, v in (task.get_reported_single_values() or {}).items()},
-        artifacts={name: art.url for name, art in task.artifacts.items()},
-        models={m.name: m.url for m in task.models["output"]},
-        log_tail=[line for chunk in task.get_reported_console_output(number_of_reports=3)
-                  for line in str(chunk).splitlines() if line.strip()][-8:],
+        single_values=single_values,
+        artifacts=artifacts,
+        models=models,
+        log_tail=log_tail,
     )
-    return result
+
+
+def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after
+            if k not in AGENT_ENDPOINTS and after.get(k, 0) - before.get(k, 0)}

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import uvicorn
@@ -24,6 +26,7 @@ from automation.local.api import Credentials, StandInApp
 from automation.local.faults import FaultInjector
 from automation.local.files import FileServer
 from automation.local.layout import DataDir
+from automation.local.services import tasks as task_service
 from automation.local.store import Store
 from automation.local.web import WebUI
 
@@ -52,7 +55,52 @@ def _server(app: object) -> uvicorn.Server:
     return server
 
 
-async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: bool, validate: bool) -> None:
+# clearml-server's default: in_progress tasks not heard of for 2 hours are stopped.
+NON_RESPONSIVE_S = 7200.0
+NON_RESPONSIVE_ENV = "AUTOMATION_NON_RESPONSIVE_S"
+WATCH_INTERVAL_MAX_S = 900.0
+
+log = logging.getLogger("automation.local.server")
+
+
+def non_responsive_default() -> float:
+    raw = os.environ.get(NON_RESPONSIVE_ENV, "")
+    try:
+        return float(raw) if raw.strip() else NON_RESPONSIVE_S
+    except ValueError:
+        log.warning("ignoring %s=%r (not a number of seconds)", NON_RESPONSIVE_ENV, raw)
+        return NON_RESPONSIVE_S
+
+
+async def watch_non_responsive(standin: StandInApp, threshold_s: float, stop: asyncio.Event) -> None:
+    """Stop in_progress tasks not heard of for threshold_s (0 or less: never); see
+    task_service.stop_non_responsive. Runs in the event loop like the handlers, so it never races them."""
+    if threshold_s <= 0:
+        return
+    started = time.time()
+    interval = min(max(threshold_s / 4, 0.1), WATCH_INTERVAL_MAX_S)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            return
+        try:
+            stopped = task_service.stop_non_responsive(standin.ctx("watchdog"), threshold_s, alive_since=started)
+        except Exception:  # a bad document must not end the watchdog for good
+            log.exception("non-responsive task watchdog failed")
+            continue
+        for task_id in stopped:
+            log.warning("stopped task %s: no update for more than %.0f s (non-responsive)", task_id, threshold_s)
+
+
+async def serve(
+    data: DataDir,
+    host: str,
+    ports: dict[str, int],
+    allow_faults: bool,
+    validate: bool,
+    non_responsive_s: float = NON_RESPONSIVE_S,
+) -> None:
     creds = Credentials(**json.loads(data.credentials.read_text()))
     store = Store(data.db)
     api_url = f"http://{host}:{ports['api']}"
@@ -68,9 +116,7 @@ async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: b
         validate=validate,
     )
     calls_file = data.run / "calls.json"
-    if calls_file.exists():
-        with contextlib.suppress(ValueError):
-            standin.calls.load(json.loads(calls_file.read_text()))
+    open_call_log(standin, calls_file)
     apps = {
         "api": standin.app,
         "files": FileServer(data.files).app,
@@ -94,26 +140,42 @@ async def serve(data: DataDir, host: str, ports: dict[str, int], allow_faults: b
         await asyncio.sleep(0.02)
     data.ready_file.write_text(json.dumps({"pid": os.getpid(), "ports": ports, "host": host}))
     saver = asyncio.create_task(_save_calls(standin, calls_file, stop))
+    watchdog = asyncio.create_task(watch_non_responsive(standin, non_responsive_s, stop))
     logging.getLogger("automation.local").warning("stand-in listening: %s", ports)
     await stop.wait()
     for s in servers:
         s.should_exit = True
-    await asyncio.gather(*tasks, saver, return_exceptions=True)
+    await asyncio.gather(*tasks, saver, watchdog, return_exceptions=True)
     store.close()
     with contextlib.suppress(FileNotFoundError):
         data.ready_file.unlink()
 
 
+def open_call_log(standin: StandInApp, path: Path) -> None:
+    """Continue the call log a previous server process left in `path`, and keep it there."""
+    if path.exists():
+        with contextlib.suppress(ValueError):
+            standin.calls.load(json.loads(path.read_text()))
+    standin.calls.persist = functools.partial(write_calls, standin, path)
+
+
+def write_calls(standin: StandInApp, path: Path) -> str:
+    """Write the call log atomically (a reader never sees half a file); returns what was written."""
+    snapshot = json.dumps(standin.calls.dump(), sort_keys=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(snapshot)
+    os.replace(tmp, path)
+    return snapshot
+
+
 async def _save_calls(standin: StandInApp, path: Path, stop: asyncio.Event) -> None:
-    """Persist the call log twice a second, so call counts survive a restart (kill -9 included)."""
+    """Persist the call counts twice a second, so they survive a restart (kill -9 included).
+    Contract errors and unsupported calls do not wait for this: CallLog.persist writes them at once."""
     last = None
     while True:
         snapshot = json.dumps(standin.calls.dump(), sort_keys=True)
         if snapshot != last:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(snapshot)
-            os.replace(tmp, path)
-            last = snapshot
+            last = write_calls(standin, path)
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
@@ -130,12 +192,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-faults", action="store_true", help="test-only: allow fault injection")
     parser.add_argument("--validate", action="store_true",
                         help="check every response against the clearml SDK's response classes")
+    parser.add_argument("--non-responsive-s", type=float, default=None,
+                        help=f"stop in_progress tasks not heard of for this long (default: ${NON_RESPONSIVE_ENV} "
+                             f"or {NON_RESPONSIVE_S:.0f}; 0 disables)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data = DataDir(args.data_dir)
     data.ensure()
     ports = {"api": args.api_port, "files": args.files_port, "web": args.web_port}
-    asyncio.run(serve(data, args.host, ports, args.allow_faults, args.validate))
+    threshold = non_responsive_default() if args.non_responsive_s is None else args.non_responsive_s
+    asyncio.run(serve(data, args.host, ports, args.allow_faults, args.validate, threshold))
 
 
 if __name__ == "__main__":

@@ -206,6 +206,7 @@ class LocalStack:
             self._start_server(cfg)
             report.started.append("server")
         else:
+            self._check_server_flags(validate=validate, allow_faults=allow_faults)
             self._save_config(cfg)
             report.already_running.append("server")
 
@@ -242,6 +243,20 @@ class LocalStack:
             else:
                 report.already_running.append("prefect-serve")
         return report
+
+    def _check_server_flags(self, validate: bool, allow_faults: bool) -> None:
+        """A running stand-in keeps the switches it was started with; asking for one it lacks must
+        not look like success (a contract run that validates nothing, fault drills that inject none)."""
+        recorded = procs.read_pid_file(self.data.pid_file("server"))
+        argv = recorded.argv if recorded else []
+        missing = [flag for flag, wanted in (("--validate", validate), ("--allow-faults", allow_faults))
+                   if wanted and flag not in argv]
+        if missing:
+            raise StackError(
+                f"the stand-in in {self.data.root} already runs without {' and '.join(missing)}; it takes effect "
+                f"only at start: run `automation local down --data-dir {self.data.root}` first, then `up` again "
+                "(data is kept)"
+            )
 
     # -- Prefect: server + served deployments ------------------------------------------------------
     @property

@@ -3,7 +3,7 @@
 Reports, per benchmark (one per rate of the profile): TTFT, ITL, TPOT (ms) and request latency (s)
 at median/p90/p99, requests/s and output tokens/s, as scalars (title = metric, series =
 `<rate label> <stat>`) and single values `<rate label>/<metric>/<stat>`; errored/total request
-counts; GuideLLM's JSON (and HTML, when written) report and the server log as artifacts. Fails the
+counts; GuideLLM's JSON and HTML reports and the server log as artifacts. Fails the
 task when more requests errored than allowed (GuideLLM itself exits 0 then).
 """
 
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
+from automation.scripts.lib import hub_access
+from automation.scripts.lib.model_input import ModelInputError, has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
 from automation.serving import ManagedServer
 from automation.specs.base import TaskSpec
 from automation.specs.benchmark import BenchmarkSpec
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "request_latency_s")
 _STATS = ("median", "p90", "p99")
 
@@ -27,6 +30,10 @@ def _label(bench: dict[str, Any]) -> str:
     strategy = str(bench.get("strategy") or "run")
     rate = bench.get("rate")
     return f"{strategy}@{rate:g}" if isinstance(rate, int | float) else strategy
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]]) -> None:
@@ -53,10 +60,18 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     from automation.scripts.lib import peak_rss_mb
     from automation.scripts.lib.benchmark_core import BenchmarkError, benchmark
 
+    hub_access(needed=spec.model.source == "hf" or (spec.tokenizer is not None and spec.tokenizer.source == "hf"))
     report.progress(2, f"fetching model {spec.model}")
     model_dir = local_model_dir(spec.model, report)
     tokenizer_dir = local_model_dir(spec.tokenizer, report) if spec.tokenizer else model_dir
-    gpu = has_gpu()
+    if not has_tokenizer(tokenizer_dir):
+        # Without one GuideLLM looks the served model's name up on the hub and fails obscurely.
+        what = f"tokenizer {spec.tokenizer}" if spec.tokenizer else f"model {spec.model}"
+        raise ModelInputError(f"no tokenizer found: {what} ({tokenizer_dir}) holds no tokenizer files "
+                              f"({', '.join(TOKENIZER_FILES)}); give `tokenizer` (GuideLLM needs one to build "
+                              "its prompts)")
+    # gpus=0 asks for CPU serving, which only transformers serve does.
+    gpu = has_gpu() and spec.gpus != 0
     engine = spec.engine if spec.engine != "auto" else ("vllm" if gpu else "transformers")
     profile = spec.resolved_profile().model_dump(exclude_none=True)
     work = work_dir(report, "benchmark")
@@ -74,7 +89,7 @@ def main(spec: TaskSpec, report: Reporter) -> None:
             try:
                 result = benchmark(server.base_url, server.model_name, tokenizer_dir, profile, work / "guidellm",
                                    engine=engine, max_error_fraction=spec.max_error_fraction,
-                                   timeout_s=spec.benchmark_timeout_s)
+                                   timeout_s=spec.benchmark_timeout_s, seed=spec.seed)
             except BenchmarkError as exc:
                 failure = exc
     finally:

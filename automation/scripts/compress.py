@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 
+from automation.scripts.lib import hub_access
 from automation.scripts.lib.model_input import local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
 from automation.specs.base import TaskSpec
@@ -20,16 +21,26 @@ from automation.specs.compress import CompressSpec
 def main(spec: TaskSpec, report: Reporter) -> None:
     assert isinstance(spec, CompressSpec)
     started = time.monotonic()
-    from automation.scripts.lib.compress_core import compress
-    from automation.standards.recipes import effective_arguments, render_recipe
+    from automation.scripts.lib.compress_core import calibration_needs_hub, compress
+    from automation.standards.recipes import (
+        check_recipe_applies,
+        effective_arguments,
+        model_dims_from_config,
+        render_recipe,
+    )
 
+    calibration = spec.calibration if spec.needs_calibration() else None
+    hub_access(needed=spec.model.source == "hf" or calibration_needs_hub(calibration))
     report.progress(2, f"fetching model {spec.model}")
     model_dir = local_model_dir(spec.model, report)
     try:
         config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        config = None
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"model {spec.model}: no readable config.json in {model_dir} ({exc})") from exc
+    # Validation could only check the recipe against a model it could read (a local path); a
+    # ClearML or hub model is checked here, before oneshot, so the task fails naming the cause.
     args = effective_arguments(spec.recipe, spec.recipe_args, config)
+    check_recipe_applies(spec.recipe, args, model_dims_from_config(config))
     recipe_text = render_recipe(spec.recipe, args)
     work = work_dir(report, "compress")
     recipe_path = work / "recipe.yaml"
@@ -37,7 +48,6 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     report.artifact("recipe", recipe_path)
     report.log(f"recipe {spec.recipe_name()} with arguments {args}:\n{recipe_text}")
 
-    calibration = spec.calibration if spec.needs_calibration() else None
     report.progress(10, f"compressing with {spec.recipe_name()} (calibration: {calibration or 'none'})")
     out_dir = work / "compressed"
     result = compress(model_dir, recipe_text, out_dir, calibration=calibration, num_samples=spec.num_samples,
@@ -70,8 +80,6 @@ def main(spec: TaskSpec, report: Reporter) -> None:
         shutil.rmtree(work, ignore_errors=True)  # packaged and uploaded: the copy here is not needed
     report.log(f"output model {model_id or out_dir}")
     report.progress(100, "done")
-
-
 
 
 if __name__ == "__main__":

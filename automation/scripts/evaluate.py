@@ -2,8 +2,9 @@
 
 Reports each metric as a scalar (title = task, series = metric) AND a single value
 `<task>/<metric>` with companions `<task>/<metric>:stderr` and `<task>/<metric>:n` (sample count);
-lm-eval group averages and the suite's own averages the same way; the summary and lm-eval's
-results as artifact `eval_results`; and, when the input is a ClearML model, the values as that
+lm-eval group averages and the suite's own averages the same way; the summary as artifact
+`eval_results` and lm-eval's full results (task configs, versions, n-shot, higher_is_better; no
+per-sample outputs) as artifact `lm_eval_results`; and, when the input is a ClearML model, the values as that
 model's metadata (so a model carries its scores).
 """
 
@@ -13,11 +14,12 @@ import time
 from typing import Any
 
 from automation.results import SAMPLES_SUFFIX, STDERR_SUFFIX
-from automation.scripts.lib.model_input import has_gpu, local_model_dir
+from automation.scripts.lib import hub_access
+from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
 from automation.specs.base import TaskSpec
 from automation.specs.evaluate import EvaluateSpec
-from automation.standards import suite_averages
+from automation.standards import suite_averages, suite_is_local
 
 
 def _report_metric(report: Reporter, task: str, metric: str, value: float, stderr: float | None,
@@ -50,23 +52,25 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     started = time.monotonic()
     from automation.scripts.lib.evaluate_core import evaluate
 
+    suite = spec.resolved_suite()
+    extra = [t for t in spec.tasks if not suite or t not in suite.task_names()]
+    tasks = [*(suite.task_names() if suite else []), *extra]
+    hub_access(needed=spec.model.source == "hf" or extra != [] or suite is None or not suite_is_local(suite))
     report.progress(2, f"fetching model {spec.model}")
     model_dir = local_model_dir(spec.model, report)
     gpu = has_gpu()
     backend = spec.backend if spec.backend != "auto" else ("vllm" if gpu else "hf")
     device = spec.device or ("cuda" if gpu else "cpu")
-    suite = spec.resolved_suite()
-    tasks = [*(suite.task_names() if suite else []), *[t for t in spec.tasks if not suite or t not in
-                                                           suite.task_names()]]
     fewshot = {t.task: t.num_fewshot for t in suite.tasks} if suite else {}
     limit: int | float | None = spec.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
+    full_results = work_dir(report, "evaluate") / "lm_eval_results.json"
     report.progress(10, f"evaluating {', '.join(tasks)} with lm-eval ({backend} on {device})")
     summary = evaluate(model_dir, tasks, include_path=suite.include_dir() if suite else None,
                        num_fewshot=spec.num_fewshot, limit=limit, batch_size=spec.batch_size, backend=backend,
                        device=device, dtype=spec.dtype, vllm_args=spec.vllm_args, seed=spec.seed,
-                       task_fewshot=fewshot)
+                       task_fewshot=fewshot, full_results_path=full_results)
     report.progress(85, "reporting metrics")
 
     values: dict[str, float] = {}
@@ -89,6 +93,8 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     summary.update({"suite": suite.name if suite else None, "suite_averages": averages, "model": str(spec.model),
                     "device": device, "script_wall_s": wall})
     report.artifact("eval_results", summary)
+    if full_results.is_file():
+        report.artifact("lm_eval_results", full_results)
     if spec.attach_to_model and spec.model.clearml_model_id and getattr(report, "task", None) is not None:
         _attach_to_model(spec.model.clearml_model_id, values, report)
     report.progress(100, "done")

@@ -58,11 +58,22 @@ def spec_from_current_task() -> TaskSpec:
 
 
 def spec_from_file(path: Path, expected_kind: str | None = None) -> TaskSpec:
-    """A spec.json (`{"kind": ..., ...fields}`) read through the same task-form decoding."""
-    raw = json.loads(path.read_text())
+    """A spec.json (`{"kind": ..., ...fields}`) read through the same task-form decoding.
+
+    With `expected_kind` (the script being run), a file holding another kind is an error.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read a spec JSON file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec file holds a JSON object of fields, got {type(raw).__name__}")
     kind = raw.pop("kind", expected_kind)
     if kind is None:
         raise SpecError(f"{path}: no 'kind' field")
+    if expected_kind is not None and kind != expected_kind:
+        raise SpecError(f"{path} holds a '{kind}' spec but runs the '{expected_kind}' script "
+                        f"(run it with `python -m automation.scripts.{kind}`)")
     cls = get_kind(str(kind))
     from automation.specs.base import build
 
@@ -172,7 +183,10 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("out"), help="results directory for --spec runs")
     args = parser.parse_args(argv)
     if args.spec:
-        spec = spec_from_file(args.spec, expected_kind=kind)
+        try:
+            spec = spec_from_file(args.spec, expected_kind=kind)
+        except SpecError as exc:
+            parser.exit(2, f"error: {exc}\n")  # bad input: the message, not a traceback
         _load_secrets(spec)
         main(spec, LocalReporter(args.out))
         return

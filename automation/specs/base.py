@@ -193,6 +193,17 @@ class TaskSpec(BaseModel):
         except PackageError as exc:
             raise ValueError(str(exc)) from exc
 
+    @model_validator(mode="after")
+    def _packages_merge_with_the_kind(self) -> TaskSpec:
+        # The kind's own pins are only merged in at identity/submission time; a conflict found
+        # there would surface as a raw PackageError after validation said the spec was fine.
+        try:
+            self.requirements()
+        except PackageError as exc:
+            pinned = ", ".join(self.base_packages)
+            raise ValueError(f"{exc} (the {self.kind} kind itself requires {pinned})") from None
+        return self
+
     # -- derived ---------------------------------------------------------------------------
     def requirements(self) -> tuple[str, ...]:
         """The kind's own packages merged with the spec's (a pinned requirement wins)."""
@@ -230,10 +241,20 @@ class TaskSpec(BaseModel):
                 out.add(name)
         return out
 
+    def standards_content(self) -> dict[str, Any]:
+        """The resolved content of the standards the spec names (rendered recipe, suite and
+        profile definitions), as plain JSON data. A spec stores a shipped standard by name, so
+        without this an edited YAML would keep the old identity and reuse stale results."""
+        return {}
+
     def identity_payload(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude=self.volatile_fields())
         data["packages"] = sorted(self.requirements())
-        return {"kind": self.kind, "schema": SCHEMA_VERSION, "spec": data}
+        payload: dict[str, Any] = {"kind": self.kind, "schema": SCHEMA_VERSION, "spec": data}
+        standards = self.standards_content()
+        if standards:  # kinds without standards (debug) keep the identities they always had
+            payload["standards"] = standards
+        return payload
 
     def identity(self) -> str:
         """Stable across processes and machines: sha256 of canonical JSON, 32 hex chars."""
@@ -265,11 +286,12 @@ class TaskSpec(BaseModel):
             raise SpecError(f"this task holds a '{meta.get('kind')}' spec, not '{cls.kind}'")
         values.update(meta.get("envelope") or {})
         problems: list[str] = []
+        # Every field must be present, defaults included: a task is always created with all of
+        # them, so a missing one means an edited or foreign task, and silently taking today's
+        # default would run something other than what the task records.
         for name in cls.arg_fields():
             if name not in args:
-                info = cls.model_fields[name]
-                if info.is_required():
-                    problems.append(f"Args/{name}: missing (required)")
+                problems.append(f"Args/{name}: missing from the task (every field is written at creation)")
                 continue
             text, marker = args[name]
             try:
@@ -278,8 +300,8 @@ class TaskSpec(BaseModel):
                 problems.append(str(exc))
         for name in cls.config_fields():
             if name not in configuration:
-                if cls.model_fields[name].is_required():
-                    problems.append(f"configuration '{name}': missing (required)")
+                problems.append(f"configuration '{name}': missing from the task (every field is written "
+                                "at creation)")
                 continue
             try:
                 parsed = hocon.loads(configuration[name], what=f"configuration '{name}'")
@@ -307,9 +329,13 @@ def build(cls: type[TaskSpec], values: Mapping[str, Any]) -> TaskSpec:
 def format_validation_error(kind: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(spec)"
+        loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (check the spelling; `automation task fields KIND` lists them)"
+        if not loc:
+            # Whole-spec checks name their fields in the message itself ("packages: ...").
+            parts.append(msg.removeprefix("Value error, "))
+            continue
         parts.append(f"{loc}: {msg}")
     return f"invalid {kind} spec: " + "; ".join(parts)

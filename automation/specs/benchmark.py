@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
 from automation.specs.registry import register
-from automation.standards import Profile, StandardError, inline_if_file, load_profile_model
+from automation.standards import Profile, StandardError, inline_if_file, load_profile_model, profile_content
 
 BENCHMARK_PACKAGES = ("guidellm==0.8.1",)
 
@@ -54,6 +54,17 @@ class BenchmarkSpec(TaskSpec):
             raise ValueError(f"{source.id} holds no tokenizer files; give `tokenizer` (GuideLLM needs one to "
                              "build its prompts)")
         return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _vllm_needs_a_gpu(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("engine") == "vllm" and value is not None and value < 1:
+            raise ValueError(f"engine 'vllm' needs at least one GPU, got {value} (use engine 'transformers' for "
+                             "CPU serving, or leave gpus unset for all visible GPUs)")
+        return value
+
+    def standards_content(self) -> dict[str, Any]:
+        return {"profile": profile_content(self.resolved_profile())}
 
     def resolved_profile(self) -> Profile:
         return load_profile_model(self.profile)

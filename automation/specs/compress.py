@@ -68,14 +68,20 @@ class CompressSpec(TaskSpec):
         if not isinstance(model, ModelRef) or not isinstance(recipe, str):
             return value  # those fields failed already and are reported
         config = model.config()
-        args = effective_arguments(recipe, value, config)
         try:
+            args = effective_arguments(recipe, value, config)
             render_recipe(recipe, args)
             if config is not None:
                 check_recipe_applies(recipe, args, model_dims_from_config(config))
         except RecipeError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    def standards_content(self) -> dict[str, Any]:
+        # Rendered with the spec's own arguments, not the model-implied ones: what the model
+        # implies depends on whether its config is readable here (a hub cache), and the model is
+        # in the identity already. The template's data tables cover the families not rendered.
+        return {"recipe": render_recipe(self.recipe, self.recipe_args), "recipe_data": load_template(self.recipe).data}
 
     def recipe_name(self) -> str:
         return load_template(self.recipe).name

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
 from automation.specs.registry import register
-from automation.standards import StandardError, Suite, inline_if_file, load_suite
+from automation.standards import StandardError, Suite, inline_if_file, load_suite, suite_content
 
 EVALUATE_PACKAGES = ("lm-eval[hf,api]==0.4.13", "transformers==5.17.0")
 
@@ -62,6 +62,10 @@ class EvaluateSpec(TaskSpec):
 
     def resolved_suite(self) -> Suite | None:
         return load_suite(self.suite) if self.suite else None
+
+    def standards_content(self) -> dict[str, Any]:
+        suite = self.resolved_suite()
+        return {"suite": suite_content(suite)} if suite else {}
 
     def input_model_id(self) -> str | None:
         return self.model.clearml_model_id

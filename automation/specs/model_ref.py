@@ -52,7 +52,9 @@ class ModelRef(BaseModel):
     def _check(self) -> ModelRef:
         if self.source == "path":
             if not Path(self.id).expanduser().exists():
-                raise ValueError(f"model path '{self.id}' does not exist")
+                raise ValueError(f"model path '{self.id}' does not exist (a local path must exist both where the "
+                                 "spec is built and on the agent that runs the task; upload the model to ClearML "
+                                 "and give clearml:<id> otherwise)")
         elif self.source == "hf":
             if not _HF_ID.match(self.id):
                 raise ValueError(f"'{self.id}' is not a Hugging Face model id (org/name)")

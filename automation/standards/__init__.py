@@ -11,6 +11,7 @@ and arguments before any work is queued.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -69,9 +70,29 @@ def resolve(kind: StandardKind, value: str) -> tuple[str, str]:
 
 
 def inline_if_file(kind: StandardKind, value: str) -> str:
-    """What a spec stores: a shipped name stays a name; a file path becomes its text."""
+    """What a spec stores: a shipped name stays a name; a file path becomes its text.
+
+    A suite file's relative `include_path` is made absolute first: once inlined, the text no
+    longer knows which directory it came from.
+    """
     name, text = resolve(kind, value)
-    return value.strip() if name == value.strip() and name in names(kind) else text
+    if name == value.strip() and name in names(kind):
+        return value.strip()
+    if kind == "suite" and name != "<inline>":
+        text = _anchor_include_path(text, Path(value.strip()).expanduser().resolve().parent)
+    return text
+
+
+def _anchor_include_path(text: str, base: Path) -> str:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # load_suite reports it, naming the suite
+    include = data.get("include_path") if isinstance(data, dict) else None
+    if not isinstance(include, str) or Path(include).expanduser().is_absolute():
+        return text
+    data["include_path"] = str((base / include).resolve())
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _yaml_mapping(kind: str, name: str, text: str) -> dict[str, Any]:
@@ -184,6 +205,62 @@ def load_suite(value: str) -> Suite:
     if include is not None and not include.is_dir():
         raise StandardError(f"suite {name!r}: include_path {str(include)!r} is not a directory")
     return suite
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs, whose `!function module.fn` tags a plain safe loader refuses."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+# datasets loaders that read local files (lm-eval's `dataset_path`); anything else is a hub dataset.
+LOCAL_DATASET_LOADERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
+
+
+def suite_is_local(suite: Suite) -> bool:
+    """True when every task of the suite reads local files only, so evaluating it needs nothing
+    from the Hugging Face hub."""
+    include = suite.include_dir()
+    return include is not None and tasks_dir_is_local(include)
+
+
+def tasks_dir_is_local(include: Path) -> bool:
+    """True when every lm-eval task YAML under `include` reads its data with a file loader."""
+    if not include.is_dir():
+        return False
+    for path in sorted([*include.rglob("*.yaml"), *include.rglob("*.yml")]):
+        try:
+            doc = yaml.load(path.read_text(), Loader=_AnyTagLoader)  # a SafeLoader subclass
+        except (OSError, yaml.YAMLError):
+            return False
+        if isinstance(doc, dict) and "dataset_path" in doc and doc["dataset_path"] not in LOCAL_DATASET_LOADERS:
+            return False
+    return True
+
+
+def _dir_digest(directory: Path) -> str:
+    """sha256 over the relative names and bytes of every file under `directory`: what a local
+    suite's tasks are, independent of where the package is installed."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def suite_content(suite: Suite) -> dict[str, Any]:
+    """What the suite makes lm-eval do, for a spec's identity: tasks, few-shot settings and
+    averages, and for local tasks a digest of their directory (not its machine-specific path)."""
+    data = suite.model_dump(mode="json", exclude={"description", "base_dir", "include_path"})
+    include = suite.include_dir()
+    if include is not None:
+        data["include_digest"] = _dir_digest(include) if include.is_dir() else f"missing:{suite.include_path}"
+    return data
+
+
+def profile_content(profile: Profile) -> dict[str, Any]:
+    """The workload a profile describes, for a spec's identity (its description changes nothing)."""
+    return profile.model_dump(mode="json", exclude={"description"})
 
 
 def suite_names() -> list[str]:

@@ -11,6 +11,7 @@ that does not divide the model's dimensions) before anything is queued.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+# Parsing and rendering are pure functions of the text; specs call them for every identity(),
+# and PyYAML's pure-Python parser is slow (~20 ms per recipe). Templates are only read.
+@functools.lru_cache(maxsize=128)
 def _parse_template(name: str, text: str) -> RecipeTemplate:
     try:
         doc = yaml.safe_load(text)
@@ -171,12 +175,25 @@ def render_recipe(name_or_text: str, args: dict[str, Any] | None = None) -> str:
     template = load_template(name_or_text)
     values = resolve_arguments(template, args)
     try:
-        text = _ENV.from_string(template.template).render(**values, data=template.data)
+        key = (json.dumps(template.data, sort_keys=True), json.dumps(values, sort_keys=True))
+    except TypeError:  # data a YAML file holds but JSON cannot (dates): render uncached
+        return _render(template.name, template.template, template.data, values)
+    return _render_cached(template.name, template.template, *key)
+
+
+@functools.lru_cache(maxsize=256)
+def _render_cached(name: str, template: str, data_json: str, values_json: str) -> str:
+    return _render(name, template, json.loads(data_json), json.loads(values_json))
+
+
+def _render(name: str, template: str, data: dict[str, Any], values: dict[str, Any]) -> str:
+    try:
+        text = _ENV.from_string(template).render(**values, data=data)
     except jinja2.TemplateError as exc:
-        raise RecipeError(f"recipe {template.name!r} failed to render: {exc}") from exc
+        raise RecipeError(f"recipe {name!r} failed to render: {exc}") from exc
     rendered = yaml.safe_load(text)
     if not isinstance(rendered, dict) or not all(isinstance(v, dict) for v in rendered.values()):
-        raise RecipeError(f"recipe {template.name!r} did not render to a mapping of stages")
+        raise RecipeError(f"recipe {name!r} did not render to a mapping of stages")
     return text
 
 
@@ -210,17 +227,23 @@ def family_for_model_type(model_type: str) -> str:
         return MODEL_TYPE_FAMILIES[model_type]
     except KeyError:
         raise RecipeError(
-            f"no SmoothQuant family for model_type {model_type!r}; pass explicit 'mappings'"
+            f"no SmoothQuant family for model_type {model_type!r} (known: {', '.join(sorted(MODEL_TYPE_FAMILIES))}); "
+            "set recipe_args.family to the closest architecture or give explicit recipe_args.mappings"
         ) from None
 
 
 def effective_arguments(name_or_text: str, args: dict[str, Any] | None,
                         model_config: dict[str, Any] | None) -> dict[str, Any]:
     """`args` plus what the model implies: a template with a `family` argument (SmoothQuant
-    mappings) gets the family of the model's `model_type` unless the caller chose one."""
+    mappings) gets the family of the model's `model_type` unless the caller chose one.
+
+    An unknown `model_type` is an error rather than the template's default family: another
+    architecture's layer names would smooth the wrong layers, or none, without a word.
+    """
     out = dict(args or {})
     template = load_template(name_or_text)
-    if ("family" in template.arguments and "family" not in out and "mappings" not in out and model_config
-            and model_config.get("model_type") in MODEL_TYPE_FAMILIES):
-        out["family"] = MODEL_TYPE_FAMILIES[str(model_config["model_type"])]
+    if "family" in template.arguments and "family" not in out and "mappings" not in out and model_config:
+        model_type = model_config.get("model_type")
+        if model_type is not None:
+            out["family"] = family_for_model_type(str(model_type))
     return out

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from automation.results import TaskResult
@@ -112,14 +113,22 @@ def test_compress_reports_and_uploads_loadable_models(compressed: dict[str, Task
         assert 0 < v["size/after_mb"].value < v["size/before_mb"].value, name
         assert v["size/ratio"].value < 0.6 and v["memory/peak_rss_mb"].value > 0, name
         assert v["time/compute_s"].value > 0 and v["time/wall_s"].value >= v["time/compute_s"].value, name
-    # downloadable from the file server and loadable with plain transformers
-    local = Path(InputModel(model_id=results["w4a16"].model_id).get_local_copy(raise_on_error=True))
-    model_dir = local if (local / "config.json").is_file() else next(p.parent for p in local.rglob("config.json"))
-    assert (model_dir / "recipe.yaml").is_file()
-    code = ("import sys; from automation.scripts.lib.compress_core import load_and_generate; "
-            "r = load_and_generate(sys.argv[1]); assert r['new_tokens'] >= 1, r; print(r)")
-    subprocess.run([sys.executable, "-c", code, str(model_dir)], cwd=REPO, env=ENV, check=True, timeout=120,
-                   capture_output=True)
+    # every model downloadable from the file server and loadable with plain transformers (one
+    # process for the three, so torch is imported once)
+    model_dirs = []
+    for name, result in results.items():
+        local = Path(InputModel(model_id=result.model_id).get_local_copy(raise_on_error=True))
+        model_dir = local if (local / "config.json").is_file() else next(p.parent for p in local.rglob("config.json"))
+        assert (model_dir / "recipe.yaml").is_file(), name
+        assert json.loads((model_dir / "config.json").read_text())["quantization_config"], name
+        model_dirs.append(str(model_dir))
+    code = ("import sys; from automation.scripts.lib.compress_core import load_and_generate\n"
+            "for d in sys.argv[1:]:\n"
+            "    r = load_and_generate(d); assert r['new_tokens'] >= 1, (d, r); print(r)")
+    proc = subprocess.run([sys.executable, "-c", code, *model_dirs], cwd=REPO, env=ENV, timeout=180,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("'new_tokens'") == 3
 
 
 def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str, TaskResult],
@@ -133,13 +142,16 @@ def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str
             assert stderr is not None and stderr >= 0, name
         assert v["tiny_mc/acc"].samples == 32 and v["tiny/acc"].samples == 96
         assert 1.0 <= v["tiny_ppl/word_perplexity"].value < 5.0
-        assert "suite/tiny_average" in v and "eval_results" in result.artifacts
+        assert "suite/tiny_average" in v and {"eval_results", "lm_eval_results"} <= set(result.artifacts)
         assert result.scalars["tiny_mc/acc"] == v["tiny_mc/acc"].value
     assert base.values["tiny_mc/acc"].value >= 0.9 and base.values["tiny_gen/exact_match,strip"].value >= 0.9
     for name in ("tiny_mc/acc", "tiny_gen/exact_match,strip"):
         assert w8a8.values[name].value / base.values[name].value >= 0.95, name  # recovery near 1
     ratio = w8a8.values["tiny_ppl/word_perplexity"].value / base.values["tiny_ppl/word_perplexity"].value
     assert ratio <= 1.05
+    # lm-eval's full results (task configs, versions, n-shot) are downloadable next to the summary
+    full = httpx.get(base.artifacts["lm_eval_results"], timeout=30).json()
+    assert {"configs", "versions", "n-shot", "higher_is_better"} <= set(full) and "samples" not in full
     # the metrics were attached to the input ClearML model
     from clearml import InputModel
 
@@ -156,7 +168,9 @@ def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, Task
     assert v["synchronous/requests_per_s"].value > 0 and v["synchronous/output_tokens_per_s"].value > 0
     assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 6
     assert v["error_fraction"].value == 0
-    assert {"server_log", "guidellm_report", "benchmark_result"} <= set(bench.artifacts)
+    assert {"server_log", "guidellm_report", "guidellm_report_html", "benchmark_result"} <= set(bench.artifacts)
+    html = httpx.get(bench.artifacts["guidellm_report_html"], timeout=30)
+    assert html.status_code == 200 and "<html" in html.text[:2000].lower()
 
 
 def test_a_second_run_reuses_finished_work(compressed: dict[str, TaskResult], tiny: Path) -> None:

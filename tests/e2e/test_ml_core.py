@@ -131,6 +131,13 @@ def test_base_model_scores_high(evals: dict[str, dict[str, Any]]) -> None:
     assert base["groups"]["tiny"]["metrics"]["acc"]["value"] == pytest.approx(metric(base, "tiny_mc", "acc"))
 
 
+def test_full_lm_eval_results_are_kept(evals: dict[str, dict[str, Any]], work: Path) -> None:
+    full = json.loads((work / "eval_base.lm_eval.json").read_text())
+    assert {"results", "configs", "versions", "n-shot", "higher_is_better", "n-samples"} <= set(full)
+    assert "samples" not in full and full["configs"]["tiny_mc"]["output_type"] == "multiple_choice"
+    assert full["higher_is_better"]["tiny_ppl"]["word_perplexity"] is False
+
+
 def test_compressed_model_recovers(evals: dict[str, dict[str, Any]]) -> None:
     base, w8a8 = evals["base"], evals["w8a8"]
     for task, name in (("tiny_mc", "acc"), ("tiny_gen", "exact_match,strip")):
@@ -156,6 +163,8 @@ def test_serve_and_benchmark_smoke(compressed: dict[str, dict[str, Any]], work: 
         )  # fmt: skip
         pid = server.pid
     assert pid is not None and not Path(f"/proc/{pid}").exists(), "server still running after exit"
+    html = work / "bench" / "guidellm_report.html"
+    assert html.is_file() and "<html" in html.read_text()[:2000].lower()
     (bench,) = result["benchmarks"]
     totals = bench["request_totals"]
     assert totals["errored"] == 0 and totals["incomplete"] == 0

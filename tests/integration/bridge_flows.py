@@ -29,9 +29,18 @@ def batch_specs(salt: str, n: int, sleep_s: float = 2.0, **fields: Any) -> list[
 
 @flow(name="bridge-batch", **BRIDGE_FLOW_HOOKS)
 async def batch_flow(specs: list[DebugSpec]) -> dict[str, Any]:
-    """Await every spec concurrently; also hand back this run's API calls by endpoint."""
+    """Await every spec concurrently; also hand back this run's API calls by endpoint and its id."""
+    from prefect.runtime import flow_run
+
     results = await asyncio.gather(*[run_task(s) for s in specs])
-    return {"results": list(results), "calls": dict(backend().endpoint_calls)}
+    return {"results": list(results), "calls": dict(backend().endpoint_calls), "flow_run_id": str(flow_run.id)}
+
+
+@flow(name="bridge-timeout", **BRIDGE_FLOW_HOOKS)
+async def timeout_flow(spec: DebugSpec, timeout_s: float) -> dict[str, Any]:
+    """One run_task with a Prefect task timeout (no retries: one attempt to look at)."""
+    task = run_task.with_options(timeout_seconds=timeout_s, retries=0)
+    return {"state": await cast(Any, task)(spec, return_state=True)}
 
 
 @flow(name="bridge-one", **BRIDGE_FLOW_HOOKS)
@@ -53,6 +62,7 @@ def main(argv: list[str]) -> None:
     elif argv[0] == "run":
         salt, n, sleep_s = argv[1], int(argv[2]), float(argv[3])
         out = asyncio.run(batch_flow(batch_specs(salt, n, sleep_s=sleep_s)))
+        print(f"FLOW_RUN {out['flow_run_id']}", flush=True)
         print("RESULTS " + json.dumps([r.model_dump(mode="json") for r in out["results"]]), flush=True)
     else:
         raise SystemExit(f"unknown command {argv[0]!r}")

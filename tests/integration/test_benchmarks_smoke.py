@@ -20,7 +20,7 @@ from tests.integration.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-NAMES = ["polling", "submission", "rerun", "drills"]
+NAMES = ["roundtrip", "polling", "submission", "rerun", "drills"]
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
@@ -41,6 +41,11 @@ def test_quick_benchmarks_write_every_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
     assert set(NAMES) <= set(data), data.keys()
+
+    assert _get(data, "roundtrip.wall_s.median") > 0
+    for phase in ("submit", "wait", "read"):
+        assert _get(data, f"roundtrip.calls.{phase}") > 0, phase
+    assert _get(data, "roundtrip.per_trial")[0]["calls_by_endpoint"].get("tasks.create") == 1
 
     ours, naive = _get(data, "polling.calls_per_tick.ours"), _get(data, "polling.calls_per_tick.naive")
     ratio = _get(data, "polling.ratio")

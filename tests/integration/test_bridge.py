@@ -8,32 +8,43 @@ stand-in's stats, Prefect task-run attempts from the Prefect API.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from automation.backend import FLOW_RUN_TAG, IDENTITY_TAG, QueueNotFound, ServerUnreachable
+from automation.backend import (
+    FLOW_RUN_TAG,
+    IDENTITY_TAG,
+    TASK_RUN_TAG,
+    ClearMLBackend,
+    QueueNotFound,
+    ServerUnreachable,
+)
 from automation.local.stack import StandInClient
 from automation.results import TaskResult
 from automation.specs.base import SpecError
 from automation.specs.debug import DebugSpec
-from flows.bridge import QUEUE_LIMIT_PREFIX, ensure_queue_limits, execute
-from flows.errors import CodeError
+from flows.bridge import DUPLICATE_REASON, QUEUE_LIMIT_PREFIX, ensure_queue_limits, execute, stop_flow_run_tasks
+from flows.errors import CodeError, TaskTimeout
 from flows.poller import shared_poller
 from tests.conftest import StackHandle
 from tests.helpers import wait_for
-from tests.integration.bridge_flows import batch_flow, batch_specs, one_flow
+from tests.integration.bridge_flows import batch_flow, batch_specs, one_flow, timeout_flow
 from tests.integration.conftest import REPO, PrefectServer
 
 pytestmark = pytest.mark.integration
@@ -70,6 +81,28 @@ def calls(stack: StackHandle, endpoint: str) -> int:
     return int(stack.stats()["calls"].get(endpoint, 0))
 
 
+@pytest.fixture(scope="module")
+def idle_queue(api: StandInClient) -> str:
+    """A queue no agent serves: tasks stay queued until the test moves them (cheap and exact)."""
+    name = f"idle-{RUN}"
+    api.call("queues.create", {"name": name})
+    return name
+
+
+def run_by_hand(api: StandInClient, task_id: str) -> None:
+    """Play the agent: start and complete a task without running anything."""
+    api.call("tasks.started", {"task": task_id})
+    api.call("tasks.completed", {"task": task_id})
+
+
+async def _submit(spec: DebugSpec, tags: list[str]) -> str:
+    client = ClearMLBackend()
+    try:
+        task_id = await client.create(spec, tags=tags)
+        await client.enqueue(task_id, spec.queue)
+        return task_id
+    finally:
+        await client.aclose()
 
 
 async def _task_run(task_run_id: Any) -> Any:
@@ -144,21 +177,45 @@ def test_happy_path_concurrent_tasks(stack: StackHandle, api: StandInClient) -> 
     stats = stack.stats()["calls"]
     assert stats["tasks.create"] == 3 and stats["tasks.enqueue"] == 3
     by_endpoint = out["calls"]
-    lookups = by_endpoint.get("tasks.get_all", 0)  # identity lookups (polls go through the poller's
-    # own client; the stand-in's other tasks.get_all come from the SDK and agents inside the tasks)
+    # identity lookups and duplicate checks (polls go through the poller's own client; the
+    # stand-in's other tasks.get_all come from the SDK and agents inside the tasks)
+    lookups = by_endpoint.get("tasks.get_all", 0)
     per_submission = (by_endpoint.get("tasks.get_all", 0) + by_endpoint["tasks.create"]
                       + by_endpoint["tasks.enqueue"]) / 3
     poller_backend = poller._backend
     assert poller_backend is not None
     tick_calls = poller_backend.endpoint_calls.get("tasks.get_all", 0)
     print(f"\n[measure] wall {wall:.1f} s for 3 tasks; orchestrator calls {by_endpoint}; "
-          f"per submission {per_submission:.2f} (lookup {lookups / 3:.1f} + create 1 + enqueue 1); "
+          f"per submission {per_submission:.2f} (tasks.get_all {lookups / 3:.1f}: identity lookup + "
+          f"duplicate check; create 1; enqueue 1); "
           f"poller ticks {poller.ticks}, poller tasks.get_all {tick_calls} "
           f"({tick_calls / max(poller.ticks, 1):.2f} per tick); stand-in calls {stats}")
-    # 1 identity lookup + create + enqueue; a second lookup only when the queue slot took >= 1 s
-    # to get (a cold Prefect server can take that long even without a limit).
-    assert 3 <= by_endpoint["tasks.get_all"] <= 6 and 3.0 <= per_submission <= 4.0
+    # identity lookup + create + enqueue + the duplicate check (one more lookup); no queue limit
+    # here, so no slot wait and no lookup after it; nothing attached, so no tag edit
+    assert by_endpoint["tasks.get_all"] == 6 and per_submission == 4.0, by_endpoint
+    assert "tasks.edit" not in by_endpoint
     assert tick_calls == poller.ticks  # ONE tasks.get_all per tick, whatever the number of tasks
+
+    # Transitions reach each task run's Prefect log.
+    task_run_id = next(t for t in task["tags"] if t.startswith(TASK_RUN_TAG))[len(TASK_RUN_TAG):]
+    wanted = [f"ClearML task {task['id']}: {status}" for status in ("queued", "in_progress", "completed")]
+
+    def logged() -> list[str] | None:
+        lines = asyncio.run(_task_run_logs(flow_run_id, task_run_id))
+        return lines if all(any(line.startswith(w) for line in lines) for w in wanted) else None
+
+    wait_for(f"transitions {wanted} in the task run's log", logged, 20)
+
+
+async def _task_run_logs(flow_run_id: str, task_run_id: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTaskRunId
+
+    async with get_client() as client:
+        logs = await client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]),
+            task_run_id=LogFilterTaskRunId(any_=[uuid.UUID(task_run_id)])), limit=200)
+    return [log.message for log in logs]
 
 
 def _project(result: TaskResult) -> str:
@@ -394,6 +451,107 @@ def test_lost_dequeue_is_put_back(stack: StackHandle, api: StandInClient) -> Non
     assert [t["status"] for t in by_identity(api, spec)] == ["stopped"]  # the cancel reached it
 
 
+# -- timeouts, the crash sweep, refresh and max age, concurrent orchestrators ------------------
+def test_task_timeout_and_max_wait_stop_the_task(stack: StackHandle, api: StandInClient, idle_queue: str) -> None:
+    spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"timeout-{RUN}")
+    state = asyncio.run(timeout_flow(spec, 3.0))["state"]
+    assert state.is_failed() and state.name == "TimedOut", state
+    assert [t["status"] for t in by_identity(api, spec)] == ["stopped"]  # dequeued, not left queued
+    assert task_run_count(state) == 1
+
+    spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"max-wait-{RUN}")
+    started = time.monotonic()
+    with pytest.raises(TaskTimeout) as info:
+        asyncio.run(execute(spec, max_wait_s=1.5))
+    assert time.monotonic() - started < 10
+    tasks = by_identity(api, spec)
+    assert [t["status"] for t in tasks] == ["stopped"] and info.value.task_id == str(tasks[0]["id"])
+
+
+def test_crash_sweep_stops_every_active_task_of_the_flow_run(stack: StackHandle, api: StandInClient,
+                                                             idle_queue: str) -> None:
+    from prefect.client.schemas.objects import StateType
+
+    flow_run_id = uuid.uuid4()
+    tag = f"{FLOW_RUN_TAG}{flow_run_id}"
+    queued = asyncio.run(_submit(DebugSpec(queue=idle_queue, salt=f"sweep-q-{RUN}"), [tag]))
+    running = asyncio.run(_submit(DebugSpec(queue=idle_queue, salt=f"sweep-r-{RUN}"), [tag]))
+    other = asyncio.run(_submit(DebugSpec(queue=idle_queue, salt=f"sweep-o-{RUN}"), []))
+    api.call("tasks.started", {"task": running})
+    try:
+        asyncio.run(stop_flow_run_tasks(None, SimpleNamespace(id=flow_run_id),
+                                        SimpleNamespace(type=StateType.CRASHED, name="Crashed")))
+        status = {t["id"]: t["status"] for t in by_tag(api, tag)}
+        assert status == {queued: "stopped", running: "stopped"}, status
+        assert api.call("tasks.get_by_id", {"task": other})["task"]["status"] == "queued"  # not this run's
+    finally:
+        api.call("tasks.stopped", {"task": other, "force": True})
+
+
+def test_refresh_recomputes_and_max_age_ages_out_a_reuse(stack: StackHandle, api: StandInClient,
+                                                         idle_queue: str) -> None:
+    spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"age-{RUN}")
+    done = asyncio.run(_submit(spec, []))
+    run_by_hand(api, done)
+    assert asyncio.run(execute(spec)).task_id == done  # reused: no task created
+    with pytest.raises(TaskTimeout):  # a new task (on a queue nobody serves: stopped after 1 s)
+        asyncio.run(execute(spec, refresh=True, max_wait_s=1.0))
+    assert [t["status"] for t in by_identity(api, spec)] == ["completed", "stopped"]
+    assert asyncio.run(execute(spec, max_age_s=3600)).task_id == done  # young enough: reused
+    time.sleep(1.0)
+    with pytest.raises(TaskTimeout):  # older than max_age_s: a new task
+        asyncio.run(execute(spec, max_age_s=1.0, max_wait_s=1.0))
+    assert [t["status"] for t in by_identity(api, spec)] == ["completed", "stopped", "stopped"]
+
+
+def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: StandInClient, idle_queue: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two orchestrators (own event loops, so own clients and identity locks, as two processes)
+    both miss each other in the lookup and both create a task: one completes, the other is stopped
+    before it ran, and both runs get the same result."""
+    spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"race-{RUN}")
+    both_looked = threading.Barrier(2, timeout=30)
+    lookups: collections.Counter[int] = collections.Counter()
+    create, find = ClearMLBackend.create, ClearMLBackend.find_by_identity
+
+    async def create_after_both_looked(self: ClearMLBackend, *args: Any, **kwargs: Any) -> str:
+        await asyncio.to_thread(both_looked.wait)
+        return await create(self, *args, **kwargs)
+
+    async def counted_find(self: ClearMLBackend, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        lookups[threading.get_ident()] += 1
+        return await find(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClearMLBackend, "create", create_after_both_looked)
+    monkeypatch.setattr(ClearMLBackend, "find_by_identity", counted_find)
+    outcomes: dict[int, Any] = {}
+
+    def orchestrator(i: int) -> None:
+        try:
+            outcomes[i] = asyncio.run(execute(spec))
+        except BaseException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=orchestrator, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        tasks = wait_for("one task kept, the duplicate stopped", lambda: (
+            lambda ts: ts if sorted(t["status"] for t in ts) == ["queued", "stopped"] else None)(
+            by_identity(api, spec)), 30)
+        kept = next(t for t in tasks if t["status"] == "queued")
+        run_by_hand(api, kept["id"])
+    finally:
+        for t in threads:
+            t.join(timeout=30)
+    assert all(isinstance(o, TaskResult) and o.task_id == kept["id"] for o in outcomes.values()), outcomes
+    older, younger = by_identity(api, spec)  # by created
+    assert older["id"] == kept["id"] and older["status"] == "completed"
+    assert younger["status"] == "stopped" and not younger.get("started")  # never ran
+    assert younger["status_message"].startswith(DUPLICATE_REASON)
+    assert sorted(lookups.values()) == [2, 2]  # exactly one extra lookup per submission
+
+
 # -- 6. SIGKILL the orchestrator, run again ---------------------------------------------------
 def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api: StandInClient,
                                                         prefect_server: PrefectServer) -> None:
@@ -422,6 +580,20 @@ def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api:
         tasks = by_identity(api, spec)
         assert len(tasks) == 1, tasks  # zero duplicates
         assert result.task_id == str(tasks[0]["id"])
+
+    # The rerun attached to the tasks still active and tagged them with its own run ids, so ITS
+    # cancel/crash sweep covers them (the killed run's sweep never ran).
+    rerun_tag = FLOW_RUN_TAG + next(ln.split()[1] for ln in rerun.stdout.splitlines() if ln.startswith("FLOW_RUN "))
+    attached = set(re.findall(r"attaching to ClearML task (\w+)", rerun.stdout + rerun.stderr))
+    assert attached, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    for spec in specs:
+        task = by_identity(api, spec)[0]
+        flow_tags = [t for t in task["tags"] if t.startswith(FLOW_RUN_TAG)]
+        if str(task["id"]) in attached:
+            assert rerun_tag in flow_tags and len(flow_tags) == 2, task["tags"]
+            assert len([t for t in task["tags"] if t.startswith(TASK_RUN_TAG)]) == 2, task["tags"]
+        else:  # reused after it completed: left as it was
+            assert rerun_tag not in flow_tags and len(flow_tags) == 1, task["tags"]
 
 
 # -- 5. cancel a deployment run from the CLI ---------------------------------------------------

@@ -8,7 +8,9 @@ classes (`contract_errors`), and the agent's log must not show any response it f
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -29,6 +31,9 @@ ACCURACY = 0.93
 SUMMARY = {"score": 3, "labels": ["a", "b"], "nested": {"ok": True}}
 NOTES = "notes reported from the agent-run task\n"
 WEIGHTS = b"\x00\x01tiny-weights\xff" * 64
+PARAMS = {"Args/alpha": 0.5, "Args/label": "page-check <b>"}
+CONFIG_NAME = "report_config"
+CONFIG_TEXT = "batch: 4\nseed: 7\nnote: \"a & b\"\n"
 
 REPORT_SCRIPT = textwrap.dedent(
     f"""
@@ -58,6 +63,16 @@ REPORT_SCRIPT = textwrap.dedent(
     print("model uploaded to", model.url)
     """
 )
+
+
+def _sections(page: str) -> dict[str, str]:
+    """The task page's HTML between one <h2> heading and the next, keyed by the heading."""
+    parts = re.split(r"<h2>(.*?)</h2>", page)
+    return {re.sub(r"\s*\(.*\)$", "", parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def _hrefs(fragment: str) -> list[str]:
+    return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', fragment)]
 
 
 def _wait_terminal(task: Any, deadline_s: float) -> str:
@@ -96,6 +111,8 @@ def test_agent_run_reports_scalars_artifacts_and_model(local_stack: StackHandle,
     script.write_text(REPORT_SCRIPT)
     task: Any = Task.create(project_name="reporting-tests", task_name="agent report", script=str(script),
                        add_task_init_call=False)
+    task.set_parameters(PARAMS)
+    task.set_configuration_object(name=CONFIG_NAME, config_text=CONFIG_TEXT)
     Task.enqueue(task, queue_name="cpu")
 
     status = _wait_terminal(task, RUN_DEADLINE_S)
@@ -138,6 +155,28 @@ def test_agent_run_reports_scalars_artifacts_and_model(local_stack: StackHandle,
     assert "completed" in page.text and "loss" in page.text and "0.0625" in page.text
     assert "tiny-model" in page.text and "notes" in page.text
     assert "reported scalars" in page.text  # the console log tail
+    sections = _sections(page.text)
+    # parameters and configuration, as the task holds them (escaped, not interpreted)
+    params_text = html.unescape(sections["Parameters"])
+    for key, value in PARAMS.items():
+        section, name = key.split("/")
+        assert section in params_text and name in params_text and str(value) in params_text, key
+    assert "<b>" not in sections["Parameters"]
+    config_text = html.unescape(sections["Configuration"])
+    assert CONFIG_NAME in config_text and CONFIG_TEXT.strip() in config_text
+    # download links are the very URLs the SDK reports, and they serve the bytes that were uploaded
+    artifact_links = _hrefs(sections["Artifacts"])
+    model_links = _hrefs(sections["Models"])
+    expected = {
+        task.artifacts["notes"].url: lambda body: body.decode() == NOTES,
+        task.artifacts["summary"].url: lambda body: json.loads(body) == SUMMARY,
+    }
+    assert set(expected) <= set(artifact_links), (artifact_links, list(expected))
+    assert model.url in model_links, (model_links, model.url)
+    expected[model.url] = lambda body: body == WEIGHTS
+    for url, ok in expected.items():
+        res = httpx.get(url, timeout=10)
+        assert res.status_code == 200 and ok(res.content), url
 
     stats = local_stack.stats()
     assert stats["contract_errors"] == []

@@ -183,13 +183,21 @@ def test_failing_script_ends_failed_with_the_error_visible(local_stack: StackHan
     Task.enqueue(task, queue_name="cpu")
     assert _wait_status(task, TERMINAL) == "failed"
     task.reload()
+    # Through the API only, as a user on another machine would see it: why it failed...
     reason = f"{task.data.status_reason} {task.data.status_message}"
     assert "exit code" in reason, reason
-    # The traceback is in the task's console log (agent log in foreground mode carries it too).
+    status, message = task.get_status_message()
+    assert str(status) == "failed" and message == task.data.status_message and message, message
+    # ...and the script's own error in the task's console log (the agent may still be sending it).
     deadline = time.monotonic() + 30
-    while "lifecycle deliberate failure 42" not in _agent_logs(local_stack):
-        assert time.monotonic() < deadline, "the script's error never reached the logs"
+    while True:
+        console = "\n".join(task.get_reported_console_output(number_of_reports=500))
+        if "RuntimeError: lifecycle deliberate failure 42" in console:
+            break
+        assert time.monotonic() < deadline, f"the script's error never reached the task's log:\n{console[-3000:]}"
         time.sleep(1)
+    assert "Traceback (most recent call last)" in console
+    assert console.index("lifecycle task started") < console.index("lifecycle deliberate failure 42")
 
 
 def test_running_task_marked_stopped_is_killed_by_the_agent(local_stack: StackHandle, tmp_path: Path) -> None:

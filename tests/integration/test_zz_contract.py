@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from automation.local import procs
 from tests.conftest import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,10 @@ def test_sdk_and_agent_traffic_matches_the_contract(local_stack: StackHandle) ->
 
         assert run_hello(local_stack.env, queue="cpu").status == "completed"
         stats = local_stack.stats()
+    # An empty error list proves nothing unless the server checked: it must run with --validate
+    # (that the check can fail is shown in tests/unit/test_files_and_store.py).
+    recorded = procs.read_pid_file(local_stack.data_dir / "run" / "server.pid")
+    assert recorded is not None and "--validate" in recorded.argv, recorded
     called = set(stats["calls"])
     assert stats["contract_errors"] == [], "responses the SDK's own classes could not parse"
     assert stats["unsupported"] == {}, "endpoints the SDK or agent called that the stand-in lacks"

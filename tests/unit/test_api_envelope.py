@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from automation.local.api import API_VERSION, Credentials, StandInApp
+from automation.local.api import API_VERSION, ApiError, Credentials, StandInApp
 from automation.local.faults import FaultInjector
 from automation.local.services.common import match_tags, match_values, order_and_page, project_fields
 from automation.local.store import Store
@@ -18,11 +19,15 @@ from automation.local.store import Store
 CREDS = Credentials(access_key="AK", secret_key="SK", token_secret="a-test-token-secret-of-32-bytes-or-more")
 
 
+def _app(tmp_path: Path) -> StandInApp:
+    return StandInApp(Store(tmp_path / "db.sqlite"), CREDS, api_url="http://api", files_url="http://files",
+                      web_url="http://web", faults=FaultInjector(allowed=True, seed=1), validate=True)
+
+
 @pytest.fixture()
 def client(tmp_path: Path) -> TestClient:
-    app = StandInApp(Store(tmp_path / "db.sqlite"), CREDS, api_url="http://api", files_url="http://files",
-                     web_url="http://web", faults=FaultInjector(allowed=True, seed=1), validate=True)
-    return TestClient(app.app)
+    # raise_server_exceptions=False: a handler crash must show up as the 500 a client would see.
+    return TestClient(_app(tmp_path).app, raise_server_exceptions=False)
 
 
 def _login(client: TestClient) -> str:
@@ -122,3 +127,82 @@ def test_value_filter_projection_and_paging() -> None:
         "id": "t1", "status": "queued", "execution": {"queue": "q"}}
     docs = [{"id": str(i), "n": i} for i in range(10)]
     assert [d["n"] for d in order_and_page(list(docs), {"order_by": ["-n"], "page": 1, "page_size": 3})] == [6, 5, 4]
+
+
+# -- bad input is a ClearML-shaped 400 naming the field, never a 500 ------------------------------
+TASK = "<task>"  # replaced by a real task id in the test
+
+BAD_INPUT: list[tuple[str, dict[str, Any], str]] = [
+    ("tasks.get_all", {"page": "x", "page_size": 2}, "'page'"),
+    ("tasks.get_all", {"name": 5}, "'name'"),
+    ("tasks.get_all", {"page_size": -1}, "'page_size'"),
+    ("tasks.get_all", {"page": 1}, "'page'"),
+    ("tasks.get_all", {"tags": "abc"}, "'tags'"),
+    ("tasks.get_all", {"system_tags": ["ok", 3]}, "'system_tags'"),
+    ("tasks.get_all", {"only_fields": "status"}, "'only_fields'"),
+    ("tasks.get_all", {"order_by": {"name": 1}}, "'order_by'"),
+    ("tasks.create", {"name": "t", "type": "training", "tags": {"a": 1}}, "'tags'"),
+    ("tasks.edit", {"task": TASK, "tags": "one"}, "'tags'"),
+    ("tasks.add_or_update_model", {"task": TASK, "name": "m", "model": "x", "type": "output",
+                                   "iteration": "abc"}, "'iteration'"),
+    ("events.get_task_log", {"task": TASK, "batch_size": "x"}, "'batch_size'"),
+    ("events.get_task_events", {"task": TASK, "batch_size": -3}, "'batch_size'"),
+    ("events.scalar_metrics_iter_histogram", {"task": TASK, "samples": "many"}, "'samples'"),
+    ("models.get_all", {"page": "a", "page_size": 1}, "'page'"),
+    ("models.create", {"name": "m", "uri": "file:///m", "iteration": "x"}, "'iteration'"),
+    ("projects.get_all", {"basename": ["x"]}, "'basename'"),
+    ("queues.get_all", {"tags": "gpu"}, "'tags'"),
+    ("queues.create", {"name": "q-bad-tags", "tags": "gpu"}, "'tags'"),
+    ("workers.get_all", {"last_seen": "recently"}, "'last_seen'"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "field"), BAD_INPUT,
+                         ids=[f"{n}-{'-'.join(b)}" for n, b, _ in BAD_INPUT])
+def test_bad_input_is_400_naming_the_field(client: TestClient, name: str, body: dict[str, Any], field: str) -> None:
+    auth = {"Authorization": f"Bearer {_login(client)}"}
+    task_id = client.post("/tasks.create", headers=auth, json={"name": "bad-input", "type": "training"}).json()
+    body = {k: task_id["data"]["id"] if v == TASK else v for k, v in body.items()}
+    res = client.post(f"/{name}", headers=auth, json=body)
+    assert res.status_code == 400, res.text
+    meta = res.json()["meta"]
+    assert meta["result_code"] == 400 and meta["result_subcode"] == 1  # validation
+    assert field in meta["result_msg"], meta["result_msg"]
+    assert meta["endpoint"]["name"] == name
+    assert "Traceback" not in res.text and res.json()["data"] == {}
+
+
+def test_handler_type_errors_become_400_naming_the_endpoint(tmp_path: Path) -> None:
+    """Whatever a handler trips over in a malformed body is the client's 400, not a server 500."""
+    app = _app(tmp_path)
+
+    def trips(ctx: object, body: dict[str, Any]) -> dict[str, Any]:
+        return {"n": int(body["count"])}
+
+    app.handlers["debug.trips"] = trips
+    client = TestClient(app.app, raise_server_exceptions=False)
+    auth = {"Authorization": f"Bearer {_login(client)}"}
+    for body, fragment in [({"count": "x"}, "invalid literal"), ({}, "'count'"), ({"count": [1]}, "int()")]:
+        res = client.post("/debug.trips", headers=auth, json=body)
+        assert res.status_code == 400, res.text
+        msg = res.json()["meta"]["result_msg"]
+        assert "debug.trips" in msg and fragment in msg, msg
+        assert res.json()["meta"]["result_subcode"] == 1
+
+
+def test_query_helpers_refuse_strings_where_arrays_are_declared() -> None:
+    with pytest.raises(ApiError, match="'tags' must be an array"):
+        match_tags(["a", "b", "c"], "abc")
+    with pytest.raises(ApiError, match="'only_fields' must be an array"):
+        project_fields({"id": "t", "status": "created"}, "status")
+
+
+def test_paging_keeps_every_result_and_checks_bounds() -> None:
+    docs = [{"id": str(i)} for i in range(5)]
+    assert order_and_page(list(docs), {"page_size": 5}) == docs
+    assert order_and_page(list(docs), {"page_size": 10}) == docs
+    assert order_and_page(list(docs), {"page_size": "2", "page": "2"}) == docs[4:]  # query-string numbers
+    for bad in ({"page_size": -1}, {"page_size": 0}, {"page": -1, "page_size": 1}, {"page": 0},
+                {"page_size": True}, {"page_size": 1.5}):
+        with pytest.raises(ApiError, match="page"):
+            order_and_page(list(docs), bad)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
 
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from automation.backend import BackendUnavailable, ClearMLBackend, ServerUnreachable
+from automation.clearml_settings import ClearMLSettings
 from automation.failures import FailureKind, classify
 from flows.errors import CodeError, InfrastructureError, OutOfMemoryError
 
@@ -40,3 +49,62 @@ def test_errors_carry_url_and_log_tail_and_retryability() -> None:
     assert OutOfMemoryError("t1", "u", "failed", "", [], queue="gpu", next_queue="cpu").retryable
     last = OutOfMemoryError("t1", "u", "failed", "", [], queue="cpu", next_queue=None)
     assert not last.retryable and last.next_queue is None
+
+
+# -- transport failures: which end a call at once -------------------------------------------------
+def _backend(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> ClearMLBackend:
+    settings = ClearMLSettings(api_host="http://10.255.255.1:8008", web_host="http://web.test",
+                               files_host="http://files.test", access_key="k", secret_key=SecretStr("s"))
+    backend = ClearMLBackend(settings, **kwargs)
+    backend._client = httpx.AsyncClient(base_url=settings.api_host, transport=httpx.MockTransport(handler))
+    return backend
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectTimeout, httpx.ConnectError])
+def test_connect_failures_fail_within_seconds_naming_the_url(error: type[httpx.TransportError]) -> None:
+    """A host that drops packets shows only as connect timeouts (5 s each with the real client);
+    it must fail after `connect_attempts` of them, not after `retry_for_s` (120 s) of retries.
+    A real packet-dropping host cannot be simulated here, so the transport raises what httpx
+    raises for one, at once."""
+    attempts = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        raise error("no answer to SYN", request=request)
+
+    async def main() -> None:
+        backend = _backend(handler)
+        try:
+            await backend.call("tasks.get_all", {})
+        finally:
+            await backend.aclose()
+
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable) as info:
+        asyncio.run(main())
+    assert attempts == 3 and time.monotonic() - started < 5  # 3 x 5 s connect timeouts in real life
+    assert "http://10.255.255.1:8008" in str(info.value)
+    assert ("timed out" if error is httpx.ConnectTimeout else "refused") in str(info.value)
+
+
+def test_pool_and_read_timeouts_stay_transient() -> None:
+    """A full local pool or a slow answer is not an unreachable server: retried, then
+    BackendUnavailable (which Prefect retries), never ServerUnreachable."""
+    attempts = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        raise (httpx.PoolTimeout if attempts % 2 else httpx.ReadTimeout)("slow", request=request)
+
+    async def main() -> None:
+        backend = _backend(handler, retry_for_s=1.0)
+        try:
+            await backend.call("tasks.get_all", {})
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(BackendUnavailable) as info:
+        asyncio.run(main())
+    assert not isinstance(info.value, ServerUnreachable) and attempts > 3

@@ -324,3 +324,59 @@ def test_web_task_page_escapes_and_404s(api: Api) -> None:
     assert client.get("/").status_code == 200
     assert client.get("/projects/*/experiments/nope/output/log").status_code == 404
     assert client.get("/projects/*/models/nope").status_code == 404
+
+
+# -- the response-contract checker ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "data", "fragment"),
+    [
+        ("projects.create", {"id": 5}, "id"),
+        ("tasks.get_all", {"tasks": "not-a-list"}, "tasks"),
+        ("tasks.get_all", {"tasks": [{"id": "t", "last_iteration": "x"}]}, "last_iteration"),
+        ("tasks.get_by_id", {"task": {"id": "t", "company": {"id": "c"}}}, "company"),
+        ("tasks.enqueue", {"queued": "yes"}, "queued"),
+    ],
+)
+def test_contract_check_reports_wrongly_typed_responses(name: str, data: dict[str, Any], fragment: str) -> None:
+    """The check can fail: a response the SDK's own classes reject is recorded, naming endpoint and field."""
+    calls = CallLog(validate=True)
+    calls.check(name, data)
+    assert len(calls.contract_errors) == 1
+    assert calls.contract_errors[0].startswith(f"{name}: ") and fragment in calls.contract_errors[0]
+    off = CallLog(validate=False)
+    off.check(name, data)
+    assert off.contract_errors == []
+
+
+def test_contract_check_accepts_well_typed_responses() -> None:
+    calls = CallLog(validate=True)
+    calls.check("projects.create", {"id": "p1"})
+    calls.check("tasks.get_all", {"tasks": [{"id": "t", "last_iteration": 3, "company": "local"}]})
+    assert calls.contract_errors == []
+
+
+def test_contract_errors_reach_disk_before_the_response(tmp_path: Path) -> None:
+    """No waiting for the periodic save: once a client has the answer, a kill -9 cannot lose the
+    contract error (or the unsupported call) it produced."""
+    import json
+
+    from automation.local.api import Credentials, StandInApp
+    from automation.local.server import open_call_log
+
+    creds = Credentials(access_key="AK", secret_key="SK", token_secret="a-test-token-secret-of-32-bytes-or-more")
+    standin = StandInApp(Store(tmp_path / "db.sqlite"), creds, api_url="http://api", files_url="http://files",
+                         web_url="http://web", validate=True)
+    calls_file = tmp_path / "calls.json"
+    calls_file.write_text(json.dumps({"calls": {"projects.create": 2}, "unsupported": {},
+                                      "contract_errors": ["earlier.run: kept"]}))
+    open_call_log(standin, calls_file)
+    standin.handlers["projects.create"] = lambda ctx, body: {"id": 12345}  # the SDK types it as a string
+    client = TestClient(standin.app)
+    res = client.post("/projects.create", json={"name": "x"}, auth=("AK", "SK"))
+    assert res.status_code == 200
+    saved = json.loads(calls_file.read_text())
+    assert saved["contract_errors"][0] == "earlier.run: kept"
+    assert [e.split(":")[0] for e in saved["contract_errors"][1:]] == ["projects.create"]
+    assert client.post("/nosuch.endpoint", json={}, auth=("AK", "SK")).status_code == 400
+    assert json.loads(calls_file.read_text())["unsupported"] == {"nosuch.endpoint": 1}
+    assert client.get("/_standin/stats").json()["contract_errors"] == saved["contract_errors"]

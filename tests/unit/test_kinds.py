@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,103 @@ def test_cli_commands(model_dir: Path) -> None:
     assert json.loads(out.output)["recipe"] == "w8a8"
     out = runner.invoke(task_app, ["fields", "nope"])
     assert out.exit_code == 2
+
+
+def test_a_package_that_conflicts_with_the_kind_is_a_validation_error(model_dir: Path) -> None:
+    with pytest.raises(SpecError, match=r"packages: conflicting pins for transformers: 'transformers==5\.17\.0' "
+                                        r"and 'transformers==4\.0'.*compress kind itself requires"):
+        build(CompressSpec, {"model": str(model_dir), "recipe": "w4a16", "packages": ["transformers==4.0"]})
+    ok = CompressSpec(model=str(model_dir), recipe="w4a16", packages=("transformers", "tqdm==4.67.1"))
+    assert "transformers==5.17.0" in ok.requirements() and ok.identity()
+    out = CliRunner().invoke(task_app, ["submit", "compress", "--model", str(model_dir), "--recipe", "w4a16",
+                                        "--packages", "transformers==4.0", "--dry-run"], terminal_width=300)
+    assert out.exit_code == 2, out.output
+    assert "packages: conflicting pins" in out.output and "Traceback" not in out.output
+
+
+def test_cli_keeps_the_text_of_string_typed_targets(model_dir: Path) -> None:
+    values = parse_overrides(BenchmarkSpec, [
+        "--server_env.OMP_NUM_THREADS", "1", "--server_env.FLAG", "on", "--server_env.EMPTY=",
+        "--code.working_dir", "010", "--code.repository", "none"])
+    assert values["server_env"] == {"OMP_NUM_THREADS": "1", "FLAG": "on", "EMPTY": ""}
+    assert values["code"] == {"working_dir": "010", "repository": None}
+    # untyped targets (recipe arguments) are still parsed, so group sizes stay numbers
+    assert parse_overrides(CompressSpec, ["--recipe_args.group_size", "64"])["recipe_args"] == {"group_size": 64}
+    out = CliRunner().invoke(task_app, ["submit", "benchmark", "--model", str(model_dir), "--profile", "smoke",
+                                        "--server_env.OMP_NUM_THREADS", "1", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["server_env"] == {"OMP_NUM_THREADS": "1"}
+
+
+def test_a_suite_file_with_a_relative_include_path(tmp_path: Path, model_dir: Path) -> None:
+    suites = tmp_path / "my-suites"
+    shutil.copytree(REPO / "automation/standards/suites/tiny", suites / "tasks")
+    path = suites / "mine.yaml"
+    path.write_text("# my suite\ninclude_path: tasks\ntasks: [tiny_mc]\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    spec = EvaluateSpec(model=str(model_dir), suite=str(path))
+    suite = spec.resolved_suite()
+    assert suite is not None and suite.include_dir() == (suites / "tasks").resolve()
+    back = EvaluateSpec.from_task_form(spec.to_args(), spec.to_configuration())
+    assert back == spec and back.identity() == spec.identity()
+
+
+@pytest.mark.parametrize(("model_type", "family"), [("llama", "llama"), ("qwen2", "qwen2"), ("mixtral", "mixtral")])
+def test_w8a8_takes_the_family_of_the_model_type(model_type: str, family: str) -> None:
+    from automation.standards.recipes import effective_arguments
+
+    assert effective_arguments("w8a8", {}, {"model_type": model_type})["family"] == family
+    assert "family" not in effective_arguments("w8a8", {"mappings": [[["a"], "b"]]}, {"model_type": model_type})
+
+
+def test_w8a8_on_an_unknown_model_type_names_the_fields_to_set(model_dir: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "phi3"}))
+    with pytest.raises(SpecError, match=r"recipe_args: .*no SmoothQuant family for model_type 'phi3'.*"
+                                        r"recipe_args\.family.*recipe_args\.mappings"):
+        build(CompressSpec, {"model": str(model_dir), "recipe": "w8a8", "calibration": "tiny"})
+    assert CompressSpec(model=str(model_dir), recipe="w8a8", recipe_args={"family": "llama"})
+    assert CompressSpec(model=str(model_dir), recipe="w4a16")  # no SmoothQuant, no family needed
+
+
+def test_vllm_needs_at_least_one_gpu(model_dir: Path) -> None:
+    with pytest.raises(SpecError, match=r"gpus: .*engine 'vllm' needs at least one GPU"):
+        build(BenchmarkSpec, {"model": str(model_dir), "profile": "smoke", "engine": "vllm", "gpus": 0})
+    assert BenchmarkSpec(model=str(model_dir), profile="smoke", engine="vllm", gpus=1).gpus == 1
+    assert BenchmarkSpec(model=str(model_dir), profile="smoke", engine="transformers", gpus=0).gpus == 0
+
+
+def test_identity_follows_the_content_of_shipped_standards(model_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec names a shipped standard; editing that YAML must not reuse results of the old one."""
+    import automation.standards as standards
+
+    def specs() -> dict[str, TaskSpec]:
+        return {"compress": CompressSpec(model=str(model_dir), recipe="w4a16", calibration="tiny"),
+                "evaluate": EvaluateSpec(model=str(model_dir), suite="tiny"),
+                "benchmark": BenchmarkSpec(model=str(model_dir), profile="smoke")}
+
+    before = {kind: spec.identity() for kind, spec in specs().items()}
+    assert {kind: spec.identity() for kind, spec in specs().items()} == before  # deterministic
+    shipped = REPO / "automation/standards"
+    edited = tmp_path / "standards"
+    shutil.copytree(shipped, edited, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setattr(standards, "SUITES_DIR", edited / "suites")
+    monkeypatch.setitem(standards._DIRS, "recipe", edited / "recipes")
+    monkeypatch.setitem(standards._DIRS, "suite", edited / "suites")
+    monkeypatch.setitem(standards._DIRS, "profile", edited / "profiles")
+    # an identical copy elsewhere: same content, same identities (no install path in them)
+    assert {kind: spec.identity() for kind, spec in specs().items()} == before
+    # a description or a comment changes nothing the task does
+    smoke = edited / "profiles/smoke.yaml"
+    smoke.write_text("# another comment\n" + smoke.read_text().replace("Tiny synchronous", "Small synchronous"))
+    assert specs()["benchmark"].identity() == before["benchmark"]
+
+    recipe = edited / "recipes/w4a16.yaml"
+    recipe.write_text(recipe.read_text().replace("num_bits: 4", "num_bits: 3"))
+    smoke.write_text(smoke.read_text().replace("max_requests: 6", "max_requests: 7"))
+    data = edited / "suites/tiny/mc.jsonl"
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
+    after = {kind: spec.identity() for kind, spec in specs().items()}
+    assert all(after[kind] != before[kind] for kind in before), (before, after)

@@ -87,6 +87,22 @@ def test_missing_and_mistyped_fields_are_named() -> None:
         cls.from_task_form(spec.to_args(), conf)
 
 
+def test_a_field_missing_from_the_task_is_an_error_even_with_a_default() -> None:
+    # Taking today's default for a missing field would run something other than the task records.
+    spec = DebugSpec(steps=3)
+    args = spec.to_args()
+    del args["steps"], args["salt"]
+    with pytest.raises(SpecError, match=r"Args/steps: missing from the task.*Args/salt: missing"):
+        DebugSpec.from_task_form(args, spec.to_configuration())
+    conf = spec.to_configuration()
+    del conf["oom_on_queues"]
+    with pytest.raises(SpecError, match=r"configuration 'oom_on_queues': missing from the task"):
+        DebugSpec.from_task_form(spec.to_args(), conf)
+    # what the backend writes is always complete
+    assert set(spec.to_args()) == set(DebugSpec.arg_fields())
+    assert set(spec.to_configuration()) >= set(DebugSpec.config_fields())
+
+
 def test_validation_names_the_field() -> None:
     from automation.specs.base import build
 

@@ -3,6 +3,7 @@ suite averages with the leaderboard's normalisation."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,18 @@ import yaml
 from automation.standards import (
     StandardError,
     StandardNotFoundError,
+    inline_if_file,
     list_standards,
     load_profile,
     load_profile_model,
     load_suite,
+    profile_content,
     resolve,
     suite_averages,
+    suite_content,
     suite_dir,
+    suite_is_local,
+    tasks_dir_is_local,
 )
 from automation.standards.recipes import RecipeError, load_template, render_recipe
 
@@ -83,6 +89,37 @@ def test_tiny_suite_points_at_its_local_tasks() -> None:
     assert (suite_dir("tiny") / "tiny_mc.yaml").is_file()
     with pytest.raises(StandardError, match="no local task directory"):
         suite_dir("openllm")
+
+
+def test_which_suites_need_the_hub(tmp_path: Path) -> None:
+    assert suite_is_local(load_suite("tiny"))
+    assert not suite_is_local(load_suite("openllm")) and not suite_is_local(load_suite("leaderboard"))
+    tasks = tmp_path / "tasks"
+    shutil.copytree(suite_dir("tiny"), tasks)
+    assert tasks_dir_is_local(tasks)
+    (tasks / "hub.yaml").write_text("task: hubby\ndataset_path: org/some-dataset\n"
+                                    "process_docs: !function utils.process\n")
+    assert not tasks_dir_is_local(tasks)
+
+
+def test_a_suite_file_is_inlined_with_its_include_path_anchored(tmp_path: Path) -> None:
+    shutil.copytree(suite_dir("tiny"), tmp_path / "tasks")
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: mine\ninclude_path: tasks\ntasks: [tiny_mc]\n")
+    text = inline_if_file("suite", str(path))
+    assert yaml.safe_load(text)["include_path"] == str((tmp_path / "tasks").resolve())
+    assert load_suite(text).include_dir() == (tmp_path / "tasks").resolve()
+    assert inline_if_file("suite", "tiny") == "tiny"  # a shipped name stays a name
+    absolute = "include_path: /somewhere/else\ntasks: [x]\n"
+    path.write_text(absolute)
+    assert inline_if_file("suite", str(path)) == absolute  # nothing to anchor: the text as given
+
+
+def test_standard_content_leaves_out_descriptions_and_install_paths() -> None:
+    content = suite_content(load_suite("tiny"))
+    assert "description" not in content and "base_dir" not in content and "include_path" not in content
+    assert len(content["include_digest"]) == 64 and content["tasks"][0]["task"] == "tiny"
+    assert "description" not in profile_content(load_profile_model("smoke"))
     openllm = load_suite("openllm")
     assert {t.task: t.num_fewshot for t in openllm.tasks} == {
         "arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0, "winogrande": 5, "gsm8k": 5}

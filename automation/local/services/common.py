@@ -44,6 +44,60 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _invalid(msg: str) -> ApiError:
+    return ApiError(f"Validation error: {msg}", subcode=Sub.VALIDATION)
+
+
+def as_int(value: Any, field_name: str, minimum: int | None = None) -> int:
+    """An integer request field. Query-string requests carry numbers as text, so digits in a
+    string are accepted; anything else (a bool, a fraction, words) is a 400 naming the field."""
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise _invalid(f"'{field_name}' must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise _invalid(f"'{field_name}' must be >= {minimum}, got {number}")
+    return number
+
+
+def str_list(value: Any, field_name: str) -> list[str]:
+    """A field the service models type as an array of strings (tags, only_fields, order_by...).
+
+    A bare string or an object is refused rather than iterated: `tags: "abc"` would otherwise
+    filter on "a", "b" and "c", and a dict would be stored as its repr.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise _invalid(f"'{field_name}' must be an array of strings, got {type(value).__name__} {value!r}")
+    bad = [v for v in value if not isinstance(v, str)]
+    if bad:
+        raise _invalid(f"'{field_name}' must be an array of strings, got item {bad[0]!r}")
+    return list(value)
+
+
+def check_query(body: Doc, regex_fields: Sequence[str] = ("name",)) -> None:
+    """Validate the common `*.get_all` query fields once, before any document is looked at, so a
+    malformed query fails even when nothing would have matched."""
+    for name in ("tags", "system_tags", "only_fields", "order_by"):
+        str_list(body.get(name), name)
+    for name in regex_fields:
+        match_regex("", body.get(name), name)
+    for name in ("page", "page_size", "size"):
+        if body.get(name) is not None:
+            as_int(body[name], name, minimum=0 if name == "page" else 1)
+
+
 def find_by_name(ctx: Ctx, kind: str, name: str) -> Doc | None:
     """The document of a kind with exactly this name (projects and queues are unique by name)."""
     for doc in ctx.store.iter_raw(kind):
@@ -73,6 +127,7 @@ def _set_path(out: Doc, dotted: str, value: Any) -> None:
 
 def project_fields(doc: Doc, only_fields: Sequence[str] | None) -> Doc:
     """Keep only the requested (possibly dotted) fields; `id` is always returned."""
+    only_fields = str_list(only_fields, "only_fields")
     if not only_fields:
         return doc
     out: Doc = {"id": doc.get("id")}
@@ -91,8 +146,10 @@ def project_fields(doc: Doc, only_fields: Sequence[str] | None) -> Doc:
 
 
 # -- filters ---------------------------------------------------------------------------------
-def match_tags(have: Iterable[str], wanted: Sequence[str] | None) -> bool:
-    """ClearML tag filter: plain tags must all... be any-of, `-tag` excludes, operators group."""
+def match_tags(have: Iterable[str], wanted: Sequence[str] | None, field_name: str = "tags") -> bool:
+    """ClearML tag filter: plain tags are any-of, `-tag` excludes, `__$all`/`__$any`/`__$not`
+    switch the mode for the tags after them."""
+    wanted = str_list(wanted, field_name)
     if not wanted:
         return True
     have_set = set(have or [])
@@ -125,13 +182,21 @@ def match_tags(have: Iterable[str], wanted: Sequence[str] | None) -> bool:
     return not (include and not have_set.intersection(include))
 
 
-def match_regex(value: Any, pattern: str | None) -> bool:
-    if not pattern:
+def match_regex(value: Any, pattern: Any, field_name: str = "name") -> bool:
+    if pattern is None or pattern == "":
         return True
+    if not isinstance(pattern, str):
+        raise _invalid(f"'{field_name}' must be a string (a regular expression), got {pattern!r}")
     try:
-        return re.search(pattern, str(value or ""), flags=re.IGNORECASE) is not None
+        return _compiled(pattern).search(str(value or "")) is not None
     except re.error as exc:
-        raise ApiError(f"Invalid regular expression for 'name': {exc}", subcode=Sub.VALIDATION) from exc
+        raise ApiError(f"Invalid regular expression for '{field_name}': {exc}", subcode=Sub.VALIDATION) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    # One query matches the same pattern against every document: compile it once.
+    return re.compile(pattern, flags=re.IGNORECASE)
 
 
 def match_values(value: Any, wanted: Any) -> bool:
@@ -150,23 +215,23 @@ def match_values(value: Any, wanted: Any) -> bool:
 
 
 def order_and_page(docs: list[Doc], body: Doc) -> list[Doc]:
-    order = as_list(body.get("order_by"))
-    for key in reversed(order):
-        if not isinstance(key, str) or not key:
+    """`order_by` (stable, `-` for descending), then `page`/`page_size` as the service models
+    declare them: integers, page >= 0, page_size >= 1, and page only together with page_size."""
+    for key in reversed(str_list(body.get("order_by"), "order_by")):
+        if not key:
             continue
         desc = key.startswith("-")
         field = key.lstrip("-+")
         docs.sort(key=functools.partial(_doc_sort_key, field), reverse=desc)
     page = body.get("page")
     size = body.get("page_size")
-    if page is not None and size is not None:
-        page_i, size_i = int(page), int(size)
-        if page_i < 0 or size_i <= 0:
-            raise ApiError("Invalid paging: page must be >= 0 and page_size > 0", subcode=Sub.VALIDATION)
-        docs = docs[page_i * size_i : (page_i + 1) * size_i]
-    elif size is not None:
-        docs = docs[: int(size)]
-    return docs
+    if page is not None and size is None:
+        raise _invalid("'page' requires 'page_size'")
+    if size is None:
+        return docs
+    size_i = as_int(size, "page_size", minimum=1)
+    page_i = as_int(page, "page", minimum=0) if page is not None else 0
+    return docs[page_i * size_i : (page_i + 1) * size_i]
 
 
 def _doc_sort_key(field: str, doc: Doc) -> tuple[int, Any]:

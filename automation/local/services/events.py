@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from automation.local.api import ApiError, Ctx, Sub, endpoint
-from automation.local.services.common import Doc, as_list, now_iso, require
+from automation.local.services.common import Doc, as_int, as_list, now_iso, require
 
 SCALAR = "training_stats_scalar"
 VECTOR = "training_stats_vector"
@@ -295,9 +295,7 @@ def _scroll_id(offset: int) -> str:
 def _page(events: list[Doc], body: Doc, default_size: int = DEFAULT_BATCH_SIZE) -> Doc:
     """One scrolled page: events, returned, total and the scroll id of the next page."""
     offset = _scroll_offset(body.get("scroll_id"))
-    size = int(body.get("batch_size") or default_size)
-    if size <= 0:
-        raise ApiError("Invalid batch_size: must be > 0", subcode=Sub.VALIDATION)
+    size = as_int(body.get("batch_size") or default_size, "batch_size", minimum=1)
     chunk = events[offset : offset + size]
     return {
         "events": chunk,
@@ -377,7 +375,7 @@ def get_task_log(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     _check_readable(ctx, task_id, model_events=False)
     logs = _by_time(ctx.store.events(task_id, [LOG]), "asc")
     earlier = body.get("navigate_earlier", True) is not False
-    size = int(body.get("batch_size") or DEFAULT_BATCH_SIZE)
+    size = as_int(body.get("batch_size") or DEFAULT_BATCH_SIZE, "batch_size", minimum=1)
     ref = body.get("from_timestamp")
     if ref is not None:
         logs = [e for e in logs if (e["timestamp"] < ref if earlier else e["timestamp"] > ref)]
@@ -410,7 +408,7 @@ def scalar_metrics_iter_histogram(ctx: Ctx, body: dict[str, Any]) -> dict[str, A
     if key not in ("iter", "timestamp", "iso_time"):
         raise ApiError(f"Invalid key {key!r}: expected iter, timestamp or iso_time", subcode=Sub.VALIDATION)
     samples = body.get("samples")
-    samples = DEFAULT_HISTOGRAM_SAMPLES if samples is None else int(samples)
+    samples = DEFAULT_HISTOGRAM_SAMPLES if samples is None else as_int(samples, "samples")
     events = _metric_events(ctx, owner, [SCALAR])
     return scalar_histogram(events, key, samples, body.get("metrics"))
 
@@ -421,7 +419,7 @@ def multi_task_scalar_metrics_iter_histogram(ctx: Ctx, body: dict[str, Any]) -> 
     task_ids = [str(t) for t in as_list(require(body, "tasks"))]
     key = body.get("key") or "iter"
     samples = body.get("samples")
-    samples = DEFAULT_HISTOGRAM_SAMPLES if samples is None else int(samples)
+    samples = DEFAULT_HISTOGRAM_SAMPLES if samples is None else as_int(samples, "samples")
     out: Doc = {}
     for task_id in task_ids:
         task = ctx.store.get("task", task_id)
@@ -542,7 +540,7 @@ def get_task_plots(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     _check_readable(ctx, owner, bool(body.get("model_events")))
     wanted = _wanted(body.get("metrics"))
     plots = [e for e in _metric_events(ctx, owner, [PLOT]) if _selected(e, wanted)]
-    iters = int(body.get("iters") or 1)
+    iters = as_int(body.get("iters") or 1, "iters")
     selected = [ev for _, evs in _last_iterations(plots, iters) for ev in evs]
     page = _page(selected, body, default_size=MAX_TOTAL)
     return {"plots": page["events"], "returned": page["returned"], "total": page["total"],
@@ -557,7 +555,7 @@ def _per_task_iterations(ctx: Ctx, body: Doc, ev_type: str) -> dict[str, Any]:
     """
     requested = [m for m in as_list(require(body, "metrics")) if isinstance(m, dict) and m.get("task")]
     exhausted = bool(body.get("scroll_id")) and not body.get("refresh")
-    iters = int(body.get("iters") or 1)
+    iters = as_int(body.get("iters") or 1, "iters")
     earlier = body.get("navigate_earlier", True) is not False
     model_events = bool(body.get("model_events"))
     per_task: dict[str, list[Doc]] = {}
@@ -592,7 +590,7 @@ def plots(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 def get_multi_task_plots(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     """{metric: {variant: {task_id: {"name", "plots": [...]}}}} for the latest `iters` iterations."""
     task_ids = [str(t) for t in as_list(require(body, "tasks"))]
-    iters = int(body.get("iters") or 1)
+    iters = as_int(body.get("iters") or 1, "iters")
     out: Doc = {}
     total = 0
     for task_id in task_ids:

@@ -14,7 +14,9 @@ from typing import Any
 from automation.local.api import ApiError, Ctx, Sub, endpoint
 from automation.local.services.common import (
     Doc,
+    as_int,
     as_list,
+    check_query,
     match_regex,
     match_tags,
     match_values,
@@ -23,6 +25,7 @@ from automation.local.services.common import (
     order_and_page,
     project_fields,
     require,
+    str_list,
 )
 from automation.local.services.projects import ensure_project, get_project
 
@@ -68,6 +71,9 @@ def _metadata(items: Any) -> dict[str, Doc]:
 
 
 def _check_refs(ctx: Ctx, fields: Doc) -> None:
+    for key in ("tags", "system_tags"):
+        if key in fields:
+            fields[key] = str_list(fields[key], key)
     if fields.get("task"):
         _task(ctx, str(fields["task"]))
     if fields.get("project"):
@@ -126,7 +132,7 @@ def new_model(ctx: Ctx, body: Doc) -> Doc:
         **fields,
     }
     if body.get("iteration") is not None:
-        doc["last_iteration"] = body["iteration"]
+        doc["last_iteration"] = as_int(body["iteration"], "iteration")
     return doc
 
 
@@ -164,7 +170,7 @@ def _matches_pattern(doc: Doc, spec: Any, combine: Any) -> bool:
     if not isinstance(spec, dict) or not spec.get("pattern"):
         return True
     fields = as_list(spec.get("fields")) or ["name"]
-    return bool(combine(match_regex(_dotted(doc, f), spec["pattern"]) for f in fields))
+    return bool(combine(match_regex(_dotted(doc, f), spec["pattern"], "pattern") for f in fields))
 
 
 def _dotted(doc: Doc, path: str) -> Any:
@@ -194,7 +200,7 @@ def _matches(doc: Doc, body: Doc, ids: set[str]) -> bool:
         not ids or doc["id"] in ids,
         match_regex(doc.get("name"), body.get("name")),
         match_tags(doc.get("tags", []), body.get("tags")),
-        match_tags(doc.get("system_tags", []), body.get("system_tags")),
+        match_tags(doc.get("system_tags", []), body.get("system_tags"), "system_tags"),
         body.get("ready") is None or bool(doc.get("ready")) == bool(body["ready"]),
         match_values(doc.get("project"), body.get("project")),
         match_values(doc.get("task"), body.get("task")),
@@ -221,6 +227,7 @@ def _matches(doc: Doc, body: Doc, ids: set[str]) -> bool:
 
 @endpoint("models.get_all", "models.get_all_ex")
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    check_query(body)
     ids = {str(i) for i in as_list(body.get("id"))}
     found = [dict(doc) for doc in ctx.store.iter_raw(KIND) if _matches(doc, body, ids)]
     if body.get("size") is not None and body.get("page_size") is None:
@@ -247,7 +254,7 @@ def _apply(ctx: Ctx, doc: Doc, body: Doc, allowed: tuple[str, ...]) -> Doc:
     if "metadata" in body and body["metadata"] is not None:
         fields["metadata"] = _metadata(body["metadata"])
     if body.get("iteration") is not None:
-        fields["last_iteration"] = body["iteration"]
+        fields["last_iteration"] = as_int(body["iteration"], "iteration")
     doc.update(fields)
     doc["last_update"] = now_iso()
     ctx.store.put(KIND, doc["id"], doc)

@@ -9,6 +9,7 @@ from automation.local.services import common
 from automation.local.services.common import (
     Doc,
     as_list,
+    check_query,
     match_regex,
     match_tags,
     match_values,
@@ -17,6 +18,7 @@ from automation.local.services.common import (
     order_and_page,
     project_fields,
     require,
+    str_list,
 )
 
 KIND = "project"
@@ -50,8 +52,8 @@ def ensure_project(ctx: Ctx, name: str, **extra: Any) -> Doc:
         "company": ctx.company,  # must be a string: the SDK's model rejects an object here
         "created": now_iso(),
         "last_update": now_iso(),
-        "tags": as_list(extra.get("tags")),
-        "system_tags": as_list(extra.get("system_tags")),
+        "tags": str_list(extra.get("tags"), "tags"),
+        "system_tags": str_list(extra.get("system_tags"), "system_tags"),
         "default_output_destination": extra.get("default_output_destination"),
     }
     ctx.store.put(KIND, doc["id"], doc)
@@ -76,6 +78,7 @@ def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 @endpoint("projects.get_all", "projects.get_all_ex")
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    check_query(body, regex_fields=("name", "basename"))
     ids = set(as_list(body.get("id")))
     out = []
     for doc in ctx.store.iter_raw(KIND):
@@ -83,11 +86,11 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             continue
         if not match_regex(doc.get("name"), body.get("name")):
             continue
-        if not match_regex(doc.get("basename"), body.get("basename")):
+        if not match_regex(doc.get("basename"), body.get("basename"), "basename"):
             continue
         if not match_tags(doc.get("tags", []), body.get("tags")):
             continue
-        if not match_tags(doc.get("system_tags", []), body.get("system_tags")):
+        if not match_tags(doc.get("system_tags", []), body.get("system_tags"), "system_tags"):
             continue
         if not match_values(doc.get("user"), body.get("user")):
             continue
@@ -101,6 +104,9 @@ def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     doc = get_project(ctx, str(require(body, "project")))
     changed = {k: v for k, v in body.items() if k in ("name", "description", "tags", "system_tags",
                                                        "default_output_destination")}
+    for key in ("tags", "system_tags"):
+        if key in changed:
+            changed[key] = str_list(changed[key], key)
     doc.update(changed)
     doc["last_update"] = now_iso()
     ctx.store.put(KIND, doc["id"], doc)

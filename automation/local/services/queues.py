@@ -16,7 +16,9 @@ from automation.local.api import ApiError, Ctx, Sub, endpoint
 from automation.local.services import common
 from automation.local.services.common import (
     Doc,
+    as_int,
     as_list,
+    check_query,
     match_regex,
     match_tags,
     new_id,
@@ -24,6 +26,7 @@ from automation.local.services.common import (
     order_and_page,
     project_fields,
     require,
+    str_list,
 )
 
 KIND = "queue"
@@ -57,8 +60,8 @@ def _new_queue(ctx: Ctx, name: str, tags: Any = None, system_tags: Any = None) -
         "company": ctx.company,
         "created": now_iso(),
         "last_update": now_iso(),
-        "tags": [str(t) for t in as_list(tags)],
-        "system_tags": [str(t) for t in as_list(system_tags)],
+        "tags": str_list(tags, "tags"),
+        "system_tags": str_list(system_tags, "system_tags"),
         "entries": [],
         "metadata": {},
     }
@@ -119,7 +122,7 @@ def watched(ctx: Ctx, queue_id: str) -> bool:
 def _public(doc: Doc, max_entries: Any = None) -> Doc:
     out = {k: v for k, v in doc.items() if not k.startswith("_")}
     if max_entries is not None:
-        out["entries"] = list(out.get("entries") or [])[: max(int(max_entries), 0)]
+        out["entries"] = list(out.get("entries") or [])[: max(as_int(max_entries, "max_task_entries"), 0)]
     return out
 
 
@@ -141,6 +144,7 @@ def get_by_id(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 @endpoint("queues.get_all", "queues.get_all_ex")
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    check_query(body)
     ids = set(as_list(body.get("id")))
     search = str(body.get("search_text") or "").lower()
     out = []
@@ -151,7 +155,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             continue
         if not match_tags(doc.get("tags") or [], body.get("tags")):
             continue
-        if not match_tags(doc.get("system_tags") or [], body.get("system_tags")):
+        if not match_tags(doc.get("system_tags") or [], body.get("system_tags"), "system_tags"):
             continue
         if search and search not in str(doc.get("name", "")).lower() and search not in doc["id"]:
             continue
@@ -178,7 +182,7 @@ def update(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         fields["name"] = name
     for key in ("tags", "system_tags"):
         if body.get(key) is not None:
-            fields[key] = [str(t) for t in as_list(body[key])]
+            fields[key] = str_list(body[key], key)
     doc.update(fields)
     doc["last_update"] = now_iso()
     ctx.store.put(KIND, doc["id"], doc)
@@ -275,7 +279,7 @@ def _move(ctx: Ctx, body: dict[str, Any], where: str) -> dict[str, Any]:
         raise ApiError(f"Task not queued in queue: task={task_id} queue={queue['id']}",
                        subcode=SUB_TASK_NOT_QUEUED)
     entry = entries.pop(index)
-    count = int(body.get("count") or 1)
+    count = as_int(body.get("count") or 1, "count", minimum=1)
     target = {"front": 0, "back": len(entries), "forward": max(index - count, 0),
               "backward": min(index + count, len(entries))}[where]
     entries.insert(target, entry)

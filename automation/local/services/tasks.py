@@ -21,7 +21,9 @@ from automation.local.api import ApiError, Ctx, Sub, endpoint
 from automation.local.services import projects, queues
 from automation.local.services.common import (
     Doc,
+    as_int,
     as_list,
+    check_query,
     match_regex,
     match_tags,
     match_values,
@@ -30,6 +32,7 @@ from automation.local.services.common import (
     order_and_page,
     project_fields,
     require,
+    str_list,
 )
 
 KIND = "task"
@@ -61,6 +64,8 @@ _CLOSED_FROM = {IN_PROGRESS, STOPPED}
 _PUBLISH_FROM = {STOPPED, COMPLETED}
 _ENQUEUE_FROM = {CREATED, STOPPED, FAILED}
 _DEQUEUE_TO = {CREATED, STOPPED, FAILED, IN_PROGRESS}
+# What to tell a caller whose enqueue was refused (enqueue has no `force`).
+_ENQUEUE_HINTS = {QUEUED: "it is already queued", IN_PROGRESS: "stop it first"}
 # Parameters, configuration and artifacts of these may be edited without `force`.
 _EDITABLE = {CREATED, IN_PROGRESS}
 # Fields tasks.edit accepts (output_dest maps to output.destination).
@@ -198,8 +203,8 @@ def new_task(ctx: Ctx, body: Doc) -> Doc:
         "output": {"destination": body.get("output_dest")} if body.get("output_dest") else {},
         "execution": _normalize_execution(_section(body, "execution", dict)),
         "script": _section(body, "script", dict) or {},
-        "tags": [str(t) for t in as_list(body.get("tags"))],
-        "system_tags": [str(t) for t in as_list(body.get("system_tags"))],
+        "tags": str_list(body.get("tags"), "tags"),
+        "system_tags": str_list(body.get("system_tags"), "system_tags"),
         "hyperparams": _normalize_hyperparams(_section(body, "hyperparams", dict)),
         "configuration": _normalize_configuration(_section(body, "configuration", dict)),
         "models": _normalize_models(_section(body, "models", dict)),
@@ -217,7 +222,7 @@ def _require_status(doc: Doc, allowed: set[str], force: bool, action: str) -> No
         raise ApiError(f"Task is published and cannot be changed ({action}): task={doc['id']}",
                        subcode=Sub.TASK_PUBLISHED)
     if not force and status not in allowed:
-        hint = "reset it first" if action == "enqueue" else "use force"
+        hint = _ENQUEUE_HINTS.get(str(status), "reset it first") if action == "enqueue" else "use force"
         raise ApiError(
             f"Invalid task status for {action}: task={doc['id']} status={status} "
             f"(expected one of {sorted(allowed)}; {hint})",
@@ -388,7 +393,7 @@ def _match_pattern(doc: Doc, cond: Any, need_all: bool) -> bool:
         for part in str(dotted).split("."):
             value = value.get(part) if isinstance(value, dict) else None
         values = value if isinstance(value, list) else [value]
-        results.append(any(match_regex(v, cond["pattern"]) for v in values if v is not None))
+        results.append(any(match_regex(v, cond["pattern"], "pattern") for v in values if v is not None))
     if not results:
         return True
     return all(results) if need_all else any(results)
@@ -404,7 +409,7 @@ def _matches(ctx: Ctx, doc: Doc, body: Doc, ids: set[str], project_ids: set[str 
     checks: list[Callable[[], bool]] = [
         lambda: match_regex(doc.get("name"), body.get("name")),
         lambda: match_tags(doc.get("tags") or [], body.get("tags")),
-        lambda: match_tags(doc.get("system_tags") or [], body.get("system_tags")),
+        lambda: match_tags(doc.get("system_tags") or [], body.get("system_tags"), "system_tags"),
         lambda: match_values(doc.get("status"), body.get("status")),
         lambda: match_values(doc.get("type"), body.get("type")),
         lambda: match_values(doc.get("user"), body.get("user")),
@@ -425,6 +430,7 @@ def _matches(ctx: Ctx, doc: Doc, body: Doc, ids: set[str], project_ids: set[str 
 
 @endpoint("tasks.get_all", "tasks.get_all_ex")
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    check_query(body)
     id_list = list(dict.fromkeys(str(i) for i in as_list(body.get("id"))))
     ids = set(id_list)
     project_ids = None
@@ -490,7 +496,7 @@ def edit(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         elif key == "project":
             value = _check_project(ctx, value)
         elif key in ("tags", "system_tags"):
-            value = [str(t) for t in as_list(value)]
+            value = str_list(value, key)
         elif key in _NORMALIZERS:
             if value is not None and not isinstance(value, dict):
                 raise ApiError(f"Validation error: '{key}' must be a JSON object", subcode=Sub.VALIDATION)
@@ -519,7 +525,7 @@ def _update_one(ctx: Ctx, body: Doc) -> Doc:
         if key == "project":
             value = _check_project(ctx, value)
         elif key in ("tags", "system_tags"):
-            value = [str(t) for t in as_list(value)]
+            value = str_list(value, key)
         doc[key] = value
         fields[key] = value
     if "output__error" in body:
@@ -738,6 +744,8 @@ def delete_artifacts(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     doc = get_task(ctx, require(body, "task"))
     name, model, kind = str(require(body, "name")), str(require(body, "model")), require(body, "type")
+    if body.get("iteration") is not None:
+        as_int(body["iteration"], "iteration")
     if kind not in ("input", "output"):
         raise ApiError(f"Validation error: model type must be 'input' or 'output', got {kind!r}",
                        subcode=Sub.VALIDATION)
@@ -747,7 +755,8 @@ def add_or_update_model(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     models[kind] = entries
     doc["models"] = models
     if body.get("iteration") is not None:
-        doc["last_iteration"] = max(int(doc.get("last_iteration") or 0), int(body["iteration"]))
+        iteration = as_int(body["iteration"], "iteration")
+        doc["last_iteration"] = max(int(doc.get("last_iteration") or 0), iteration)
     _save(ctx, doc)
     return {"updated": 1}
 
@@ -1159,3 +1168,44 @@ def move(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             doc["project"] = project_id
             _save(ctx, doc)
     return {"project_id": project_id}
+
+
+# -- non-responsive tasks ----------------------------------------------------------------------
+NON_RESPONSIVE_MESSAGE = "Forced stop (non-responsive)"
+
+
+def _epoch_of(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def stop_non_responsive(ctx: Ctx, threshold_s: float, now: float | None = None, alive_since: float = 0.0) -> list[str]:
+    """Stop in_progress tasks nobody has heard of for `threshold_s` seconds, as clearml-server's
+    watchdog does: a task whose agent died with it would otherwise stay running forever and hold
+    its identity (the bridge would attach to it instead of running the work again).
+
+    Heard of means any write to the task (events, pings, edits: `last_update`) or a status report
+    of the worker running it (`last_worker_report`), so a long silent step under a live agent is
+    never stopped. `alive_since` (the server's start) counts as heard of too: a server that was
+    down for hours must give the agents time to report before it judges their tasks.
+    Returns the ids of the tasks stopped.
+    """
+    current = datetime.now(UTC).timestamp() if now is None else now
+    stale = []
+    for doc in ctx.store.iter_raw(KIND):
+        if doc.get("status") != IN_PROGRESS:
+            continue
+        heard = [t for t in (_epoch_of(doc.get("last_update")), _epoch_of(doc.get("last_worker_report"))) if t]
+        if current - max([*heard, alive_since]) > threshold_s:
+            stale.append(str(doc["id"]))
+    for task_id in stale:
+        doc = get_task(ctx, task_id)
+        reason = {"status_reason": NON_RESPONSIVE_MESSAGE, "status_message": NON_RESPONSIVE_MESSAGE}
+        with ctx.store.transaction():
+            _set_status(ctx, doc, STOPPED, reason)
+    return stale

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from automation.local.api import ApiError, Ctx, Sub, endpoint
-from automation.local.services.common import Doc, as_list, match_tags, now_iso, require
+from automation.local.services.common import Doc, as_int, as_list, match_tags, now_iso, require, str_list
 
 KIND = "worker"
 DEFAULT_TIMEOUT_S = 600
@@ -69,9 +69,9 @@ def _new_worker(ctx: Ctx, worker_id: str, body: dict[str, Any]) -> Doc:
         "last_activity_time": now,
         "last_report_time": now,
         "queues": _queue_ids(ctx, body.get("queues")),
-        "tags": [str(t) for t in as_list(body.get("tags"))],
-        "system_tags": [str(t) for t in as_list(body.get("system_tags"))],
-        "_timeout": int(body.get("timeout") or DEFAULT_TIMEOUT_S),
+        "tags": str_list(body.get("tags"), "tags"),
+        "system_tags": str_list(body.get("system_tags"), "system_tags"),
+        "_timeout": as_int(body.get("timeout") or DEFAULT_TIMEOUT_S, "timeout"),
         "_runtime_properties": [],
     }
 
@@ -157,7 +157,7 @@ def status_report(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     if body.get("queues") is not None:
         doc["queues"] = _queue_ids(ctx, body.get("queues"))
     if body.get("tags") is not None:
-        doc["tags"] = [str(t) for t in as_list(body["tags"])]
+        doc["tags"] = str_list(body["tags"], "tags")
     current_queue = _queue_ids(ctx, body.get("queue"))
     doc["queue"] = current_queue[0] if current_queue else None
     task_id = body.get("task") or None
@@ -176,7 +176,9 @@ def status_report(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
 
 @endpoint("workers.get_all")
 def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
-    last_seen = body.get("last_seen")
+    last_seen = None if body.get("last_seen") is None else as_int(body["last_seen"], "last_seen", minimum=0)
+    str_list(body.get("tags"), "tags")
+    str_list(body.get("system_tags"), "system_tags")
     now = time.time()
     out = []
     for doc in live_workers(ctx):
@@ -184,7 +186,7 @@ def get_all(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
             continue
         if not match_tags(doc.get("tags") or [], body.get("tags")):
             continue
-        if not match_tags(doc.get("system_tags") or [], body.get("system_tags")):
+        if not match_tags(doc.get("system_tags") or [], body.get("system_tags"), "system_tags"):
             continue
         out.append(_public(ctx, doc))
     return {"workers": out}
@@ -219,8 +221,8 @@ def set_runtime_properties(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
         value = "" if item.get("value") is None else str(item["value"])
         prop: Doc = {"key": str(item["key"]), "value": value}
         if item.get("expiry"):
-            prop["expiry"] = int(item["expiry"])
-            prop["_expires"] = time.time() + int(item["expiry"])
+            prop["expiry"] = as_int(item["expiry"], "expiry")
+            prop["_expires"] = time.time() + prop["expiry"]
         props[prop["key"]] = prop
     doc["_runtime_properties"] = list(props.values())
     ctx.store.put(KIND, doc["id"], doc)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def peak_rss_mb() -> float:
@@ -39,9 +39,19 @@ def weights_size_bytes(path: Path) -> int:
     )
 
 
-def set_offline_env() -> None:
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+def hub_access(needed: bool) -> None:
+    """Set this step's Hugging Face hub access, once, before any HF library is imported.
+
+    A step that needs nothing from the hub (local or ClearML model, built-in calibration set,
+    local suite) goes offline: without a network a hub call can hang, and with one it only
+    checks for updates. A step that downloads a hub model or dataset leaves the environment as
+    it is. Either way a variable the user set explicitly wins (HF_HUB_OFFLINE=1 with a warm
+    cache). The libraries read these variables at import, so a later call changes nothing.
+    """
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not needed:
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -58,8 +58,13 @@ def build_scenario(
     report_path: Path,
     engine: Engine = "vllm",
     seed: int = 42,
+    html_path: Path | None = None,
 ) -> dict[str, Any]:
-    """A GuideLLM scenario (the same schema as its `--scenario` files) for one profile."""
+    """A GuideLLM scenario (the same schema as its `--scenario` files) for one profile.
+
+    Outputs: the JSON report at `report_path` (what is parsed) and, with `html_path`, GuideLLM's
+    self-contained HTML report (its `html` output kind, 0.8.x).
+    """
     backend: dict[str, Any] = {
         "kind": "openai_http",
         "target": target_url.rstrip("/").removesuffix("/v1"),
@@ -86,7 +91,8 @@ def build_scenario(
             # A local tokenizer, or GuideLLM looks the model name up on the hub.
             "tokenizer": {"kind": "huggingface_auto", "model": str(tokenizer_dir)},
             "seed": {"kind": "static", "value": seed},
-            "outputs": [{"kind": "json", "path": str(report_path)}],
+            "outputs": [{"kind": "json", "path": str(report_path)},
+                        *([{"kind": "html", "path": str(html_path)}] if html_path is not None else [])],
         },
     }
 
@@ -147,8 +153,10 @@ def benchmark(
     engine: Engine = "vllm",
     max_error_fraction: float | None = None,
     timeout_s: float | None = None,
+    seed: int = 42,
 ) -> dict[str, Any]:
-    """Run GuideLLM's CLI on a scenario built from `profile`; summarise its JSON report.
+    """Run GuideLLM's CLI on a scenario built from `profile` (synthetic data drawn with `seed`);
+    summarise its JSON report. GuideLLM's HTML report lands next to it (guidellm_report.html).
 
     GuideLLM exits 0 even when every request failed, so success is judged from the report's
     request totals: more than `max_error_fraction` (default: the profile's) errored -> error.
@@ -158,10 +166,12 @@ def benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "guidellm_report.json"
     scenario_path = out_dir / "guidellm_scenario.json"
-    scenario = build_scenario(target_url, model_name, tokenizer_dir, profile, report_path, engine)
+    scenario = build_scenario(target_url, model_name, tokenizer_dir, profile, report_path, engine, seed=seed,
+                              html_path=out_dir / "guidellm_report.html")
     scenario_path.write_text(json.dumps(scenario, indent=2))
     env = {
         **os.environ,
+        # The tokenizer is a local directory and the data synthetic: nothing to fetch.
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         # One worker process: on small hosts more workers only fight the server for cores.
@@ -210,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--profile", required=True, help="a shipped profile name or a YAML file")
     parser.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     import yaml
@@ -220,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     profile = yaml.safe_load(path.read_text()) if path.is_file() else load_profile(args.profile)
     print(
         json.dumps(
-            benchmark(args.target, args.model_name, args.tokenizer, profile, args.out, engine=args.engine)
+            benchmark(args.target, args.model_name, args.tokenizer, profile, args.out, engine=args.engine,
+                      seed=args.seed)
         )
     )
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from automation.scripts.lib import (
     dir_size_bytes,
+    hub_access,
     peak_rss_mb,
-    set_offline_env,
     weights_size_bytes,
     write_json,
 )
@@ -31,6 +31,10 @@ def _tiny_calibration(num_samples: int) -> Any:
 # Named calibration sets built locally. Any other name is handed to llm-compressor as a dataset id
 # (its own aliases such as "open_platypus" or a hub id), which needs the network.
 CALIBRATION_SETS: dict[str, Callable[[int], Any]] = {"tiny": _tiny_calibration}
+
+
+def calibration_needs_hub(name: str | None) -> bool:
+    return name is not None and name not in CALIBRATION_SETS
 
 
 def calibration_dataset(name: str, num_samples: int) -> Any:
@@ -77,7 +81,9 @@ def compress(
     The recipe text we were given is saved as recipe.yaml: llm-compressor's own dump of a
     SmoothQuant recipe holds `!!python/tuple` tags that safe YAML loaders refuse.
     """
-    set_offline_env()
+    # The model is a local directory by now; only a calibration set that is not built in comes
+    # from the hub.
+    hub_access(needed=calibration_needs_hub(calibration))
     start = time.monotonic()
     import torch
     from llmcompressor import oneshot

@@ -8,12 +8,13 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from automation.scripts.lib import peak_rss_mb, set_offline_env, write_json
+from automation.scripts.lib import hub_access, peak_rss_mb, write_json
 
 Backend = Literal["hf", "vllm"]
 # Loaders whose data_files lm-eval resolves against the CWD rather than the YAML's directory.
@@ -117,6 +118,36 @@ def _metrics_of(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return metrics
 
 
+# Per-sample records: the bulk of a results dict (and absent with log_samples=False).
+_PER_SAMPLE_KEYS = ("samples",)
+
+
+def write_full_results(results: dict[str, Any], path: Path) -> None:
+    """lm-eval's results dict as strict JSON, the way lm-eval's own tracker writes it (values it
+    cannot serialise, such as a task config's functions, become strings; NaN becomes null)."""
+    default: Callable[[Any], Any] = str
+    try:
+        from lm_eval.utils import handle_non_serializable
+
+        default = handle_non_serializable
+    except ImportError:  # a future lm-eval that moved it: plain strings will do
+        pass
+    data = {k: v for k, v in results.items() if k not in _PER_SAMPLE_KEYS}
+    text = json.dumps(data, indent=2, default=default, ensure_ascii=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(json.loads(text)), indent=2, ensure_ascii=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Reduce lm-eval's results to per-task metrics, sample counts and group averages."""
     group_names = set(results.get("groups", {}))
@@ -151,6 +182,7 @@ def evaluate(
     vllm_args: dict[str, Any] | None = None,
     seed: int = 0,
     task_fewshot: dict[str, int | None] | None = None,
+    full_results_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` and return a small summary.
 
@@ -159,8 +191,13 @@ def evaluate(
     lm-eval's built-in tasks are used. `task_fewshot` sets a few-shot count per task (suites such
     as openllm use a different one per task); `num_fewshot`, when given, applies to all. Tasks are
     run in one `simple_evaluate` per distinct few-shot count, sharing one loaded model.
+    With `full_results_path`, lm-eval's whole results dict (configs, versions, n-shot,
+    higher_is_better, ...; no per-sample outputs) is written there as JSON.
     """
-    set_offline_env()
+    from automation.standards import tasks_dir_is_local
+
+    # Local task YAMLs over local files need nothing from the hub; lm-eval's own tasks do.
+    hub_access(needed=include_path is None or not tasks_dir_is_local(Path(include_path)))
     start = time.monotonic()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -206,6 +243,8 @@ def evaluate(
                     results[key].update(value)
                 else:
                     results.setdefault(key, value)
+    if full_results_path is not None:
+        write_full_results(results, Path(full_results_path))
     summary = summarise(results)
     summary.update(
         {
@@ -234,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", default="8")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="summary JSON; lm-eval's full results go next to it as <stem>.lm_eval.json")
     args = parser.parse_args(argv)
     include = args.include_path
     if args.suite:
@@ -243,8 +283,10 @@ def main(argv: list[str] | None = None) -> None:
         include = suite_dir(args.suite)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    full = args.out.with_name(f"{args.out.stem}.lm_eval.json") if args.out else None
     result = evaluate(
-        args.model, args.tasks.split(","), include, args.num_fewshot, limit, batch, args.backend, args.device
+        args.model, args.tasks.split(","), include, args.num_fewshot, limit, batch, args.backend, args.device,
+        full_results_path=full,
     )
     if args.out:
         write_json(args.out, result)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from automation.scripts.lib import set_offline_env
 from automation.specs.model_ref import ModelRef
 
 
@@ -35,29 +36,38 @@ def _model_dir(path: Path) -> Path:
 
 
 def local_model_dir(ref: ModelRef, report: Any) -> Path:
-    """A local directory holding the model `ref` names (downloaded or read from a cache as needed)."""
-    set_offline_env()
+    """A local directory holding the model `ref` names (downloaded or read from a cache as needed).
+
+    Hub access is the caller's to set (`hub_access`) before this: it knows the whole step.
+    """
     if ref.source == "path":
-        return Path(ref.id)
+        local = Path(ref.id).expanduser()
+        if not local.is_dir():
+            raise ModelInputError(f"model path '{ref.id}' does not exist on this host ({socket.gethostname()}): a "
+                                  "local path must exist on the agent that runs the task (upload the model to "
+                                  "ClearML and give clearml:<model id> instead)")
+        return local
     if ref.source == "hf":
         from huggingface_hub import snapshot_download
 
         try:
             return Path(snapshot_download(ref.id, revision=ref.revision))
         except Exception as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            hint = ("HF_HUB_OFFLINE is set: it must be in the local Hugging Face cache" if offline else
+                    "check the id, the revision, network access and HF_TOKEN for gated models")
             raise ModelInputError(f"model hf:{ref.id} is not available ({type(exc).__name__}: {exc}); "
-                                  "offline runs need it in the local Hugging Face cache") from exc
+                                  f"{hint}") from exc
     path = _task_input_model(report, ref.id)
     if path is None:
         from clearml import InputModel
 
         try:
             model = InputModel(model_id=ref.id)
-            local = model.get_local_copy(raise_on_error=True)
+            path = Path(model.get_local_copy(raise_on_error=True))
         except Exception as exc:
             raise ModelInputError(f"ClearML model {ref.id} could not be fetched ({type(exc).__name__}: {exc})") \
                 from exc
-        path = Path(local)
     return _model_dir(path)
 
 

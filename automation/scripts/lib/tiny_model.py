@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from automation.scripts.lib import dir_size_bytes, peak_rss_mb, set_offline_env, write_json
+from automation.scripts.lib import dir_size_bytes, hub_access, peak_rss_mb, write_json
 
 SUITE_DIR = Path(__file__).resolve().parents[2] / "standards" / "suites" / "tiny"
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
@@ -100,7 +100,7 @@ def build_tiny_model(
     out_dir: Path, train_steps: int = 150, seed: int = 0, lr: float = 3e-3
 ) -> dict[str, Any]:
     """Build, train and save the tiny model + tokenizer under `out_dir`; return a summary."""
-    set_offline_env()
+    hub_access(needed=False)  # built from scratch with a local tokenizer
     start = time.monotonic()
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
