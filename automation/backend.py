@@ -223,6 +223,16 @@ class ClearMLBackend:
                 continue
             return res
 
+    @classmethod
+    def unwrap(cls, endpoint: str, res: httpx.Response) -> dict[str, Any]:
+        """The `data` of a ClearML answer to a request made with `post_raw` (which has already
+        retried transport faults and 5xx): an error envelope raises ApiCallError, a 5xx or a
+        non-JSON answer BackendUnavailable."""
+        try:
+            return cls._unwrap(endpoint, res)
+        except _Transient as exc:
+            raise BackendUnavailable(f"ClearML API server: {exc}") from exc
+
     @staticmethod
     def _unwrap(endpoint: str, res: httpx.Response) -> dict[str, Any]:
         if res.status_code >= 500 or res.status_code in (408, 429):

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from automation.local.prefect_server import PrefectServer
+from automation.local.prefect_server import start_prefect_server as _start_prefect_server
 from automation.local.roundtrip import AGENT_ENDPOINTS
 from automation.local.stack import LocalStack, StandInClient
 
@@ -36,67 +34,8 @@ ACTIVE = frozenset({"created", "queued", "in_progress"})
 PREFECT_START_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PrefectServer:
-    api_url: str
-    home: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-
 def start_prefect_server(home: Path) -> PrefectServer:
-    """`prefect server start` on a free port with its own PREFECT_HOME (SQLite); returns once
-    it answers /health."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    }
-    log = home / "server.log"
-    server_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
-    server_env.pop("PREFECT_API_URL")  # the server itself must not talk to a server
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--no-ui"],
-            cwd=REPO, env=server_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = PrefectServer(api_url=api_url, home=home, env=env, proc=proc, log=log)
-    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"prefect server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+    return _start_prefect_server(home, cwd=REPO, logging_level="WARNING", timeout_s=PREFECT_START_TIMEOUT_S)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape, quoteattr
 from rich.console import Group
 from rich.table import Table
 
-from automation.backend import FLOW_RUN_TAG, ApiCallError, BackendError, ClearMLBackend
+from automation.backend import FLOW_RUN_TAG, BackendError, ClearMLBackend
 from flows.gates import PerformanceDecision
 from flows.report_model import BASE_SCHEME, Report, ReportCell
 
@@ -697,15 +697,7 @@ async def add_events(client: ClearMLBackend, events: Sequence[Mapping[str, Any]]
     body = "\n".join(json.dumps(e) for e in events)
     res = await client.post_raw("events.add_batch", "/events.add_batch", content=body.encode(),
                           headers={"Content-Type": "application/json-lines"})
-    try:
-        payload = res.json()
-    except ValueError as exc:
-        raise BackendError(f"events.add_batch: non-JSON answer (HTTP {res.status_code})") from exc
-    meta = payload.get("meta") or {}
-    if res.status_code != 200 or meta.get("result_code", 200) != 200:
-        raise ApiCallError("events.add_batch", int(meta.get("result_code") or res.status_code),
-                           int(meta.get("result_subcode") or 0), str(meta.get("result_msg") or res.text[:300]))
-    data = payload.get("data") or {}
+    data = client.unwrap("events.add_batch", res)
     if data.get("errors"):
         log.warning("events.add_batch: %s events refused: %s", data["errors"], data.get("errors_info"))
     return int(data.get("added") or 0)

@@ -36,12 +36,12 @@ import httpx
 import pytest
 
 from automation.backend import FLOW_RUN_TAG
+from automation.local.prefect_server import start_prefect_server
 from automation.local.stack import StandInClient
 from flows.report import artifact_key
 from tests.conftest import StackHandle
 from tests.e2e.ui_flows import FLOW_NAME
 from tests.helpers import wait_for
-from tests.prefect_server import _free_port
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -176,42 +176,11 @@ def chromium() -> Path:
 @pytest.fixture(scope="module")
 def ui_server(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
     """A `prefect server start` with its UI, the UI pointed at this server's API."""
-    home = tmp_path_factory.mktemp("prefect-ui-home")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"{url}/api",
-        "PREFECT_UI_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    server_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PREFECT_UI_ENABLED": "true",
-                  "PREFECT_UI_API_URL": f"{url}/api",  # the UI's default is port 4200
-                  "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui-static"),  # not the shared copy in the venv
-                  "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
-    server_env.pop("PREFECT_API_URL")  # the server itself must not talk to a server
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=REPO, env=server_env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-ui-home"), cwd=REPO, ui=True, timeout_s=120)
     try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"prefect server exited:\n{log.read_text()[-3000:]}")
-            try:
-                return (httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-                        and "<html" in httpx.get(url, timeout=5).text)
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the Prefect server and its UI", up, 120, every_s=0.5)
-        yield UiServer(url=url, api_url=f"{url}/api", env=env, log=log)
+        yield UiServer(url=server.env["PREFECT_UI_URL"], api_url=server.api_url, env=server.env, log=server.log)
     finally:
-        stop_process_group(proc)
+        server.stop()
 
 
 @dataclass
