@@ -79,7 +79,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 # Failures to open a connection at all. A refused connection answers at once; a host that drops
 # packets only shows as a connect timeout (5 s each here), so both count towards
-# `connect_attempts` instead of being retried for `retry_for_s`. PoolTimeout is left out on
+# `connect_attempts` instead of being retried for `retry_for_s` -- while this client has never
+# reached the server (a wrong URL or a server that is down: bad configuration, fail in seconds).
+# Once it has, the same failures are an outage of a known-good server (a restart, a network blip,
+# possibly while a finished GPU task's result is being read) and are retried like any transient
+# fault, then surface as BackendUnavailable, which Prefect retries. PoolTimeout is left out on
 # purpose: it means our own pool stayed full (many slow calls at once), not that the server is
 # gone, so it stays an ordinary transient failure.
 _CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -99,6 +103,7 @@ class ClearMLBackend:
         self.timeout_s = timeout_s
         self.retry_for_s = retry_for_s
         self.connect_attempts = connect_attempts
+        self._reached = False  # any HTTP answer seen: connect failures are then an outage, retried
         self._client: httpx.AsyncClient | None = None
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
@@ -176,13 +181,14 @@ class ClearMLBackend:
                         # A server we cannot connect to is not coming back within a poll: give
                         # up after a few tries so bad config fails in seconds, not minutes.
                         connect_failures += 1
-                        if connect_failures >= self.connect_attempts:
+                        if connect_failures >= self.connect_attempts and not self._reached:
                             how = "timed out" if isinstance(exc, httpx.ConnectTimeout) else "refused"
                             raise ServerUnreachable(
                                 f"ClearML API server {self.settings.api_host} is unreachable "
                                 f"({endpoint}: connection {how}, {connect_failures} attempts)"
                             ) from None
                         raise
+                    self._reached = True
                     return self._unwrap(endpoint, res)
         except httpx.TransportError as exc:
             raise BackendUnavailable(

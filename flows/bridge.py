@@ -53,7 +53,7 @@ import contextvars
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -393,6 +393,7 @@ async def _submit_or_attach(
                 # process died): attach without waiting for a slot.
                 task_id = str(record["id"])
                 log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
+                await held.aclose()  # a slot taken before the second lookup: the task holds its own
                 await _claim(client, record)
                 return task_id, tag_value(record.get("tags") or [], QUEUE_TAG) or spec.queue
         queue = await _choose_queue(client, spec, history)
@@ -418,7 +419,7 @@ async def _submit_or_attach(
     try:
         await client.enqueue(task_id, queue)
         log.info("created ClearML task %s (%s) on queue '%s': %s", task_id, spec.kind, queue, client.web_url(task_id))
-        older = await _defer_to_older(client, spec, identity, task_id, refresh, max_age_s)
+        older = await _defer_to_older(client, spec, identity, task_id, refresh, max_age_s, release_slot=held.aclose)
     except BaseException:
         await _stop_quietly(client, task_id, "enqueue failed or was cancelled")
         raise
@@ -441,6 +442,7 @@ async def _defer_to_older(
     task_id: str,
     refresh: bool,
     max_age_s: float | None,
+    release_slot: Callable[[], Awaitable[None]] | None = None,
 ) -> TaskResult | tuple[str, str] | None:
     """The identity lock is per process: two orchestrators (a rerun next to a still-living run,
     two deployments) can both miss each other's task in the lookup and both create one. So after
@@ -450,7 +452,9 @@ async def _defer_to_older(
     the server stores a task before answering its create, so the younger one's check always sees
     the older one. A draft seen here (its submitter is between create and enqueue) is adopted
     (enqueued) as by the lookup before creating; an older failed or stopped task is history, and
-    ours is a legitimate retry. None: ours is the one to keep."""
+    ours is a legitimate retry. None: ours is the one to keep. `release_slot` gives back the queue
+    slot taken for ours when we end up reusing or attaching to a task that already occupies the
+    queue (a slot held for it too would count one GPU task twice)."""
     log = _logger()
     try:
         history = await client.find_by_identity(identity)
@@ -469,11 +473,13 @@ async def _defer_to_older(
     keep = min(older, key=_age_key)
     other = str(keep["id"])
     await _stop_quietly(client, task_id, f"{DUPLICATE_REASON} {other} (same identity, submitted concurrently)")
+    if keep.get("status") == "created":
+        return await _adopt_draft(client, keep, spec.queue)  # ours was never run: the slot moves to it
+    if release_slot is not None:
+        await release_slot()
     if keep.get("status") in SUCCESS_STATUSES:
         log.info("reusing ClearML task %s (identity %s, completed meanwhile)", other, identity[:12])
         return await client.result(other, spec.kind, identity, reused=True)
-    if keep.get("status") == "created":
-        return await _adopt_draft(client, keep, spec.queue)
     log.info("attaching to ClearML task %s (%s), submitted concurrently with the same identity",
              other, keep.get("status"))
     await _claim(client, keep)

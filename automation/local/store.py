@@ -37,11 +37,18 @@ CREATE TABLE IF NOT EXISTS events (
     doc       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_task_type ON events (task, type, seq);
+CREATE INDEX IF NOT EXISTS events_point ON events (task, type, metric, variant, iter);
 """
+
+# A scalar is one point per (task, metric, variant, iteration): reporting it again replaces it, as
+# on a ClearML server. That also makes the SDK's resend of a batch whose answer was lost (a server
+# killed between its commit and its reply) harmless instead of doubling the points.
+POINT_TYPES = frozenset({"training_stats_scalar"})
 
 
 class Store:
-    """Documents by (kind, id) plus an append-only event log, both in one SQLite file."""
+    """Documents by (kind, id) plus an event log (scalar points replaced, the rest appended), both in
+    one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +146,14 @@ class Store:
             )
             for ev in events
         ]
+        points = {row[:5]: i for i, row in enumerate(rows) if row[1] in POINT_TYPES and row[4] is not None}
+        # Within a batch the last report of a point wins too.
+        rows = [row for i, row in enumerate(rows) if points.get(row[:5], i) == i]
         with self.transaction():
+            self._db.executemany(
+                "DELETE FROM events WHERE task = ? AND type = ? AND metric IS ? AND variant IS ? AND iter = ?",
+                list(points),
+            )
             self._db.executemany(
                 "INSERT INTO events (task, type, metric, variant, iter, timestamp, doc)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

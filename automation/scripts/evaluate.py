@@ -19,7 +19,7 @@ from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_di
 from automation.scripts.runtime import Reporter, run
 from automation.specs.base import TaskSpec
 from automation.specs.evaluate import EvaluateSpec
-from automation.standards import suite_averages, suite_is_local
+from automation.standards import suite_averages, tasks_are_local
 
 
 def _report_metric(report: Reporter, task: str, metric: str, value: float, stderr: float | None,
@@ -55,7 +55,9 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     suite = spec.resolved_suite()
     extra = [t for t in spec.tasks if not suite or t not in suite.task_names()]
     tasks = [*(suite.task_names() if suite else []), *extra]
-    hub_access(needed=spec.model.source == "hf" or extra != [] or suite is None or not suite_is_local(suite))
+    # Decided once for the step, before any HF library is imported; evaluate() keeps it.
+    include = suite.include_dir() if suite else None
+    hub_access(needed=spec.model.source == "hf" or include is None or not tasks_are_local(include, tasks))
     report.progress(2, f"fetching model {spec.model}")
     model_dir = local_model_dir(spec.model, report)
     gpu = has_gpu()
@@ -67,7 +69,7 @@ def main(spec: TaskSpec, report: Reporter) -> None:
         limit = int(limit)
     full_results = work_dir(report, "evaluate") / "lm_eval_results.json"
     report.progress(10, f"evaluating {', '.join(tasks)} with lm-eval ({backend} on {device})")
-    summary = evaluate(model_dir, tasks, include_path=suite.include_dir() if suite else None,
+    summary = evaluate(model_dir, tasks, include_path=include,
                        num_fewshot=spec.num_fewshot, limit=limit, batch_size=spec.batch_size, backend=backend,
                        device=device, dtype=spec.dtype, vllm_args=spec.vllm_args, seed=spec.seed,
                        task_fewshot=fewshot, full_results_path=full_results)

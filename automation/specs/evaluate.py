@@ -9,9 +9,11 @@ from pydantic import Field, field_validator, model_validator
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
 from automation.specs.registry import register
-from automation.standards import StandardError, Suite, inline_if_file, load_suite, suite_content
+from automation.standards import StandardError, Suite, inline_if_file, load_suite, names, suite_content
 
 EVALUATE_PACKAGES = ("lm-eval[hf,api]==0.4.13", "transformers==5.17.0")
+# What a file or inline suite is in the identity's spec part; its content is in the standards part.
+INLINE_SUITE = "<resolved suite>"
 
 
 @register
@@ -66,6 +68,16 @@ class EvaluateSpec(TaskSpec):
     def standards_content(self) -> dict[str, Any]:
         suite = self.resolved_suite()
         return {"suite": suite_content(suite)} if suite else {}
+
+    def identity_payload(self) -> dict[str, Any]:
+        """A suite given as a file or inline YAML is identified by what it resolves to (the
+        `standards` part: tasks, settings, a digest of its task files), not by its text: a suite
+        file's text holds the absolute include_path it was anchored to, so the same suite copied
+        elsewhere would otherwise be another task. A shipped name stays as it is."""
+        payload = super().identity_payload()
+        if self.suite is not None and self.suite not in names("suite"):
+            payload["spec"]["suite"] = INLINE_SUITE
+        return payload
 
     def input_model_id(self) -> str | None:
         return self.model.clearml_model_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,24 +219,80 @@ LOCAL_DATASET_LOADERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
 
 
 def suite_is_local(suite: Suite) -> bool:
-    """True when every task of the suite reads local files only, so evaluating it needs nothing
-    from the Hugging Face hub."""
+    """True when every task of the suite is defined in its include directory and reads local
+    files only, so evaluating it needs nothing from the Hugging Face hub."""
     include = suite.include_dir()
-    return include is not None and tasks_dir_is_local(include)
+    return include is not None and tasks_are_local(include, suite.task_names())
+
+
+def _task_yamls(include: Path) -> list[Path]:
+    return sorted([*include.rglob("*.yaml"), *include.rglob("*.yml")])
 
 
 def tasks_dir_is_local(include: Path) -> bool:
     """True when every lm-eval task YAML under `include` reads its data with a file loader."""
+    scan = _scan_tasks_dir(include)
+    return scan is not None and scan[0]
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _scan_tasks_dir(include: Path) -> tuple[bool, set[str], set[str]] | None:
+    """(every YAML reads local files, names defined there, group members named there), or None
+    when the directory or one of its YAMLs cannot be read."""
     if not include.is_dir():
-        return False
-    for path in sorted([*include.rglob("*.yaml"), *include.rglob("*.yml")]):
+        return None
+    files_local = True
+    defined: set[str] = set()
+    members: set[str] = set()
+    for path in _task_yamls(include):
         try:
             doc = yaml.load(path.read_text(), Loader=_AnyTagLoader)  # a SafeLoader subclass
         except (OSError, yaml.YAMLError):
-            return False
-        if isinstance(doc, dict) and "dataset_path" in doc and doc["dataset_path"] not in LOCAL_DATASET_LOADERS:
-            return False
-    return True
+            return None
+        if not isinstance(doc, dict):
+            continue
+        if "dataset_path" in doc and doc["dataset_path"] not in LOCAL_DATASET_LOADERS:
+            files_local = False
+        defined.update(_names(doc.get("group")), _names(doc.get("tag")))
+        task = doc.get("task")
+        if isinstance(task, str):
+            defined.add(task)
+            continue
+        for member in task if isinstance(task, list) else []:
+            if isinstance(member, str):
+                members.add(member)
+            elif isinstance(member, dict):  # an inline task config, or a member with overrides
+                if "dataset_path" in member:
+                    files_local = files_local and member["dataset_path"] in LOCAL_DATASET_LOADERS
+                    defined.update(_names(member.get("task")))
+                else:
+                    members.update(_names(member.get("task")) or _names(member.get("group")))
+    return files_local, defined, members
+
+
+def tasks_defined_in(include: Path, tasks: Sequence[str]) -> bool:
+    """True when every name in `tasks`, and every member a group under `include` lists, is a task,
+    group or tag defined by a YAML under `include` (so lm-eval's own tasks are not needed)."""
+    scan = _scan_tasks_dir(include)
+    return scan is not None and (set(tasks) | scan[2]) <= scan[1]
+
+
+def tasks_are_local(include: Path, tasks: Sequence[str]) -> bool:
+    """True when the lm-eval `tasks` need nothing from the hub with `include` as the task directory.
+
+    Every YAML under `include` must read its data with a file loader, and every name in `tasks`
+    must be a task, group or tag defined there, and so must every member a group there lists (a
+    group of local tasks may still name one of lm-eval's own, which downloads its dataset).
+    """
+    scan = _scan_tasks_dir(include)
+    return scan is not None and scan[0] and (set(tasks) | scan[2]) <= scan[1]
 
 
 def _dir_digest(directory: Path) -> str:

@@ -454,7 +454,9 @@ def test_lost_dequeue_is_put_back(stack: StackHandle, api: StandInClient) -> Non
 # -- timeouts, the crash sweep, refresh and max age, concurrent orchestrators ------------------
 def test_task_timeout_and_max_wait_stop_the_task(stack: StackHandle, api: StandInClient, idle_queue: str) -> None:
     spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"timeout-{RUN}")
-    state = asyncio.run(timeout_flow(spec, 3.0))["state"]
+    # 12 s: the timeout must land after create + enqueue (a lookup, the limit check, create,
+    # enqueue, the duplicate check), which a loaded 2-core CI host can stretch to seconds.
+    state = asyncio.run(timeout_flow(spec, 12.0))["state"]
     assert state.is_failed() and state.name == "TimedOut", state
     assert [t["status"] for t in by_identity(api, spec)] == ["stopped"]  # dequeued, not left queued
     assert task_run_count(state) == 1
@@ -543,7 +545,9 @@ def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: S
         run_by_hand(api, kept["id"])
     finally:
         for t in threads:
-            t.join(timeout=30)
+            t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "an orchestrator is still waiting"
+    assert len(outcomes) == 2, outcomes
     assert all(isinstance(o, TaskResult) and o.task_id == kept["id"] for o in outcomes.values()), outcomes
     older, younger = by_identity(api, spec)  # by created
     assert older["id"] == kept["id"] and older["status"] == "completed"

@@ -173,7 +173,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     long_script.write_text(LONG_TASK)
     long_id = _submit(env, long_script, "lifecycle long", "q1")
     pid_file = tmp_path / "long-task.pid"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a fresh agent's first task, on a loaded CI host
     while not pid_file.exists():
         assert time.monotonic() < deadline, f"the long task never started: {_task(api, long_id)}"
         time.sleep(0.5)

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import automation.scripts.lib as lib
+from automation.scripts.lib import hub_access
 from automation.specs.debug import DebugSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,3 +59,47 @@ def test_a_bad_spec_file_is_an_error_that_names_the_field(tmp_path: Path) -> Non
     spec_path.write_text("{not json")
     proc = run_script("debug", spec_path, tmp_path / "out")
     assert proc.returncode == 2 and "cannot read a spec JSON file" in proc.stderr
+
+
+@pytest.fixture
+def fresh_hub(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No hub decision made yet and no HF variables set (all restored afterwards)."""
+    monkeypatch.setattr(lib, "_hub_decision", None)
+    for key in (*lib.OFFLINE_ENV, "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        monkeypatch.setenv(key, "x")  # recorded, so the teardown removes what the test sets
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_the_first_hub_decision_of_a_step_holds(fresh_hub: pytest.MonkeyPatch) -> None:
+    assert hub_access(needed=True) is True
+    assert hub_access(needed=False) is True  # a later, partial view of the step changes nothing
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_DATASETS_OFFLINE" not in os.environ
+    fresh_hub.setattr(lib, "_hub_decision", None)
+    assert hub_access(needed=False) is False and hub_access(needed=True) is False
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+
+
+def test_an_explicit_hub_setting_wins(fresh_hub: pytest.MonkeyPatch) -> None:
+    fresh_hub.setenv("HF_HUB_OFFLINE", "0")
+    hub_access(needed=False)
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize(("decided", "tasks", "online"), [
+    (True, ["tiny", "arc_easy"], True),  # the evaluate script decided for the whole step
+    (True, ["tiny"], True),  # e.g. a hub model: evaluate() cannot see that
+    (None, ["tiny", "arc_easy"], True),  # evaluate() alone: arc_easy is not a local task
+    (None, ["tiny"], False),
+])
+def test_evaluate_keeps_the_step_hub_decision(fresh_hub: pytest.MonkeyPatch, decided: bool | None,
+                                              tasks: list[str], online: bool) -> None:
+    from automation.scripts.lib.evaluate_core import evaluate
+    from automation.standards import suite_dir
+
+    if decided is not None:
+        hub_access(needed=decided)
+    fresh_hub.setitem(sys.modules, "lm_eval", None)  # stop right where lm-eval would be imported
+    with pytest.raises(ImportError):
+        evaluate(Path("model"), tasks, include_path=suite_dir("tiny"))
+    assert ("HF_HUB_OFFLINE" not in os.environ) is online

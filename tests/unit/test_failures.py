@@ -88,6 +88,32 @@ def test_connect_failures_fail_within_seconds_naming_the_url(error: type[httpx.T
     assert ("timed out" if error is httpx.ConnectTimeout else "refused") in str(info.value)
 
 
+def test_connect_failures_after_contact_are_an_outage_and_retried() -> None:
+    """Once the client has had an answer, the server is known good: connection failures are an
+    outage (a restart, a blip while a finished task's result is read), retried for `retry_for_s`
+    and then BackendUnavailable (which Prefect retries), not ServerUnreachable (never retried)."""
+    attempts = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:  # auth.login, then the first call
+            return httpx.Response(200, json={"meta": {"result_code": 200}, "data": {"token": "t", "tasks": []}})
+        raise httpx.ConnectTimeout("no answer to SYN", request=request)
+
+    async def main() -> None:
+        backend = _backend(handler, retry_for_s=1.0)
+        try:
+            await backend.call("tasks.get_all", {})
+            await backend.call("tasks.get_all", {})
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(BackendUnavailable) as info:
+        asyncio.run(main())
+    assert not isinstance(info.value, ServerUnreachable) and attempts > 5
+
+
 def test_pool_and_read_timeouts_stay_transient() -> None:
     """A full local pool or a slow answer is not an unreachable server: retried, then
     BackendUnavailable (which Prefect retries), never ServerUnreachable."""

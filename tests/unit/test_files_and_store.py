@@ -35,6 +35,26 @@ def test_store_documents_and_events_survive_reopen(tmp_path: Path) -> None:
     assert reopened.event_count() == 1
 
 
+def test_a_scalar_point_reported_again_replaces_the_first(tmp_path: Path) -> None:
+    """One point per (task, metric, variant, iteration), as on a ClearML server: the SDK's resend
+    of a batch whose answer was lost must not double the points. Log lines are appended."""
+    store = Store(tmp_path / "db.sqlite")
+
+    def scalar(it: int, value: float, task: str = "t1", variant: str = "train") -> dict[str, Any]:
+        return {"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": variant,
+                "iter": it, "value": value}
+
+    log = {"task": "t1", "type": "log", "iter": 0, "msg": "same line"}
+    store.add_events([scalar(0, 1.0), scalar(1, 0.5), log])
+    store.add_events([scalar(1, 0.4), scalar(2, 0.3), scalar(2, 0.2), log])  # a resend, and a repeat in one batch
+    store.add_events([scalar(1, 9.0, task="t2"), scalar(1, 8.0, variant="val")])  # other points
+    points = [(e["iter"], e["value"]) for e in store.events("t1", ["training_stats_scalar"]) if e["variant"] == "train"]
+    assert sorted(points) == [(0, 1.0), (1, 0.4), (2, 0.2)]
+    assert [e["msg"] for e in store.events("t1", ["log"])] == ["same line", "same line"]
+    assert [e["value"] for e in store.events("t2")] == [9.0]
+    assert store.event_count() == 3 + 2 + 2
+
+
 def test_store_hands_out_copies(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     doc: dict[str, Any] = {"id": "t1", "tags": ["a"]}

@@ -242,6 +242,35 @@ def test_a_suite_file_with_a_relative_include_path(tmp_path: Path, model_dir: Pa
     assert back == spec and back.identity() == spec.identity()
 
 
+def test_a_suite_file_has_the_same_identity_wherever_it_sits(tmp_path: Path, model_dir: Path) -> None:
+    """The spec keeps the absolute include_path for the run, but the identity is the suite's content."""
+    def suite_file(where: Path) -> Path:
+        shutil.copytree(REPO / "automation/standards/suites/tiny", where / "tasks")
+        path = where / "mine.yaml"
+        path.write_text("# my suite\ndescription: mine\ninclude_path: tasks\ntasks: [tiny_mc, tiny_gen]\n")
+        return path
+
+    first, second = suite_file(tmp_path / "a"), suite_file(tmp_path / "b/c")
+    one = EvaluateSpec(model=str(model_dir), suite=str(first))
+    two = EvaluateSpec(model=str(model_dir), suite=str(second))
+    assert one.suite != two.suite  # each run reads its own directory...
+    identity = one.identity()
+    assert two.identity() == identity  # ...but it is the same evaluation
+    back = EvaluateSpec.from_task_form(two.to_args(), two.to_configuration())
+    assert back.identity() == identity
+    # the suite's settings are still in the identity
+    assert EvaluateSpec(model=str(model_dir), suite=str(first), num_fewshot=1).identity() != identity
+    # and so is what its task files hold (the identity is computed from the files as they are now)
+    data = second.parent / "tasks/mc.jsonl"
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
+    assert two.identity() != identity and one.identity() == identity
+    task = first.parent / "tasks/tiny_mc.yaml"
+    task.write_text(task.read_text().replace("Q: {{question}}", "Question: {{question}}"))
+    assert one.identity() != identity
+    # a shipped name still identifies by its name (and its content)
+    assert EvaluateSpec(model=str(model_dir), suite="tiny").identity_payload()["spec"]["suite"] == "tiny"
+
+
 @pytest.mark.parametrize(("model_type", "family"), [("llama", "llama"), ("qwen2", "qwen2"), ("mixtral", "mixtral")])
 def test_w8a8_takes_the_family_of_the_model_type(model_type: str, family: str) -> None:
     from automation.standards.recipes import effective_arguments

@@ -12,6 +12,7 @@ import yaml
 from automation.standards import (
     StandardError,
     StandardNotFoundError,
+    SuiteTask,
     inline_if_file,
     list_standards,
     load_profile,
@@ -23,6 +24,8 @@ from automation.standards import (
     suite_content,
     suite_dir,
     suite_is_local,
+    tasks_are_local,
+    tasks_defined_in,
     tasks_dir_is_local,
 )
 from automation.standards.recipes import RecipeError, load_template, render_recipe
@@ -100,6 +103,28 @@ def test_which_suites_need_the_hub(tmp_path: Path) -> None:
     (tasks / "hub.yaml").write_text("task: hubby\ndataset_path: org/some-dataset\n"
                                     "process_docs: !function utils.process\n")
     assert not tasks_dir_is_local(tasks)
+
+
+def test_a_local_suite_must_define_every_task_it_names(tmp_path: Path) -> None:
+    tiny = load_suite("tiny")
+    with_hub_task = tiny.model_copy(update={"tasks": [*tiny.tasks, SuiteTask(task="arc_easy")]})
+    assert not suite_is_local(with_hub_task)  # arc_easy is lm-eval's own: it downloads its dataset
+    assert tasks_are_local(suite_dir("tiny"), ["tiny", "tiny_mc", "tiny_gen"])
+    assert not tasks_are_local(suite_dir("tiny"), ["tiny_mc", "arc_easy"])
+    assert not tasks_defined_in(suite_dir("tiny"), ["arc_easy"])
+    # a local group that lists one of lm-eval's tasks as a member needs the hub too
+    tasks = tmp_path / "tasks"
+    shutil.copytree(suite_dir("tiny"), tasks)
+    group = tasks / "tiny.yaml"
+    group.write_text(group.read_text().replace("  - tiny_ppl\n", "  - tiny_ppl\n  - arc_easy\n"))
+    assert tasks_dir_is_local(tasks)  # every YAML there reads local files...
+    assert not tasks_are_local(tasks, ["tiny"]) and not tasks_defined_in(tasks, ["tiny_mc"])  # ...not enough
+    group.write_text("group: tiny\ntask:\n  - tiny_mc\n  - {task: tiny_gen, num_fewshot: 1}\n"
+                     "  - {task: inline_mc, dataset_path: json, output_type: multiple_choice}\n")
+    (tasks / "tagged.yaml").write_text("task: tagged_mc\ntag: [my_tag]\ndataset_path: csv\n")
+    assert tasks_are_local(tasks, ["tiny", "inline_mc", "my_tag", "tagged_mc"])
+    group.write_text(group.read_text().replace("dataset_path: json", "dataset_path: org/hub-set"))
+    assert not tasks_are_local(tasks, ["tiny"]) and tasks_defined_in(tasks, ["tiny"])
 
 
 def test_a_suite_file_is_inlined_with_its_include_path_anchored(tmp_path: Path) -> None:

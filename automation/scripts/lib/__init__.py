@@ -39,19 +39,33 @@ def weights_size_bytes(path: Path) -> int:
     )
 
 
-def hub_access(needed: bool) -> None:
+# This process's hub decision, once made (see `hub_access`); None until then.
+_hub_decision: bool | None = None
+
+
+def hub_access(needed: bool) -> bool:
     """Set this step's Hugging Face hub access, once, before any HF library is imported.
 
     A step that needs nothing from the hub (local or ClearML model, built-in calibration set,
     local suite) goes offline: without a network a hub call can hang, and with one it only
     checks for updates. A step that downloads a hub model or dataset leaves the environment as
     it is. Either way a variable the user set explicitly wins (HF_HUB_OFFLINE=1 with a warm
-    cache). The libraries read these variables at import, so a later call changes nothing.
+    cache).
+
+    The first call decides for the whole process (each step runs in its own): the script's main
+    knows the whole step, while a library function called later sees only its part of it (the
+    suite's directory, not the extra hub tasks), so a later call is a no-op. The libraries read
+    these variables at import anyway. Returns the decision in force.
     """
+    global _hub_decision
+    if _hub_decision is not None:
+        return _hub_decision
+    _hub_decision = needed
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if not needed:
         for key, value in OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
+    return needed
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -82,7 +82,8 @@ def compress(
     SmoothQuant recipe holds `!!python/tuple` tags that safe YAML loaders refuse.
     """
     # The model is a local directory by now; only a calibration set that is not built in comes
-    # from the hub.
+    # from the hub. Run as a step, the script's main has decided already (a hub model too) and
+    # this call keeps that decision.
     hub_access(needed=calibration_needs_hub(calibration))
     start = time.monotonic()
     import torch

@@ -187,17 +187,19 @@ def evaluate(
     """Run lm-eval's `simple_evaluate` and return a small summary.
 
     `include_path` is a directory of task YAMLs (e.g. `automation.standards.suite_dir("tiny")`);
-    with it only those tasks are indexed (`include_defaults=False`, ~5 s faster), without it
-    lm-eval's built-in tasks are used. `task_fewshot` sets a few-shot count per task (suites such
-    as openllm use a different one per task); `num_fewshot`, when given, applies to all. Tasks are
-    run in one `simple_evaluate` per distinct few-shot count, sharing one loaded model.
+    with it, when it defines every task asked for, only those tasks are indexed
+    (`include_defaults=False`, ~5 s faster); otherwise lm-eval's built-in tasks are indexed too.
+    `task_fewshot` sets a few-shot count per task (suites such as openllm use a different one per
+    task); `num_fewshot`, when given, applies to all. Tasks are run in one `simple_evaluate` per
+    distinct few-shot count, sharing one loaded model.
     With `full_results_path`, lm-eval's whole results dict (configs, versions, n-shot,
     higher_is_better, ...; no per-sample outputs) is written there as JSON.
     """
-    from automation.standards import tasks_dir_is_local
+    from automation.standards import tasks_are_local, tasks_defined_in
 
-    # Local task YAMLs over local files need nothing from the hub; lm-eval's own tasks do.
-    hub_access(needed=include_path is None or not tasks_dir_is_local(Path(include_path)))
+    # Local task YAMLs over local files need nothing from the hub; lm-eval's own tasks do. A step
+    # whose main already decided (knowing the whole step: the model too) keeps its decision.
+    hub_access(needed=include_path is None or not tasks_are_local(Path(include_path), tasks))
     start = time.monotonic()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -205,7 +207,9 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="lmeval-suite-") as tmp:
         if include_path is not None:
             resolved = resolve_include_path(Path(include_path), Path(tmp))
-            manager = TaskManager(include_path=str(resolved), include_defaults=False)
+            # lm-eval's own tasks are indexed too only when a task asked for is not defined here.
+            defaults = not tasks_defined_in(Path(include_path), tasks)
+            manager = TaskManager(include_path=str(resolved), include_defaults=defaults)
         else:
             manager = TaskManager()
         model, model_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args)
