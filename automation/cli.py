@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from automation.local.stack import LocalStack, StackError
+from automation.devstack.stack import LocalStack
+from automation.errors import StackError
 
 app = typer.Typer(help="LLM compression workflows: Prefect orchestration, ClearML execution.",
                   no_args_is_help=True)
@@ -148,7 +149,7 @@ def demo(
 ) -> None:
     """The main job: compress -> evaluate -> benchmark the tiny model on the local stack (brought
     up for the run unless it already runs), with gates and the joined report."""
-    from automation.demo import run_demo
+    from automation.devstack.demo import run_demo
 
     _exit_on_sigterm()
     try:

@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from automation.backend import BackendError, ClearMLBackend
-from automation.clearml_settings import ClearMLConfigError
+from automation.clearml.client import ClearMLBackend
+from automation.errors import BackendError, ClearMLConfigError
 
 baseline_app = typer.Typer(help="Accepted runs (baselines): list and show reports, promote a run.",
                            no_args_is_help=True)
@@ -47,7 +47,7 @@ def _default_user() -> str:
 
 def _run(work: Callable[[ClearMLBackend], Awaitable[T]]) -> T:
     """Run one registry operation against the configured server; errors become one stderr line."""
-    from flows.baselines import RegistryError
+    from automation.errors import RegistryError
 
     async def go() -> T:
         client = ClearMLBackend(retry_for_s=CLI_RETRY_S)
@@ -71,7 +71,7 @@ def list_reports(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Published reports, newest first."""
-    from flows.baselines import find_reports
+    from automation.regression.baselines import find_reports
 
     refs = _run(lambda c: find_reports(c, series=series, accepted=True if accepted else None, limit=limit))
     if as_json:
@@ -99,8 +99,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """One report: the joined accuracy x performance table and every gate decision."""
-    from flows.baselines import resolve
-    from flows.report import render_console
+    from automation.regression.baselines import resolve
+    from automation.regression.report.console import render_console
 
     ref, report = _run(lambda c: resolve(c, report_id))
     if as_json:
@@ -125,7 +125,7 @@ def promote(
     force: Annotated[bool, typer.Option("--force", help="Accept even an errored run or failed cells.")] = False,
 ) -> None:
     """Accept a run as the baseline of its cells (tag `baseline` on its ClearML summary task)."""
-    from flows.baselines import promote as do_promote
+    from automation.regression.baselines import promote as do_promote
 
     who = by or _default_user()
     ref = _run(lambda c: do_promote(c, run, by=who, note=note, cells=cell or None, force=force))

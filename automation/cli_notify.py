@@ -38,7 +38,7 @@ def _notify() -> None:
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
-    from flows.notifications import NotifyError
+    from automation.errors import NotifyError
 
     try:
         return asyncio.run(work)

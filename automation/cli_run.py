@@ -42,8 +42,8 @@ def _common(suite_or_suites: dict[str, Any], profile: str, threshold: float, met
             compress_queue: str | None, evaluate_queue: str | None, benchmark_queue: str | None,
             hooks: str | None, project: str | None, series: str | None, refresh: bool, publish: bool,
             fail_on: str, observe_performance: bool) -> dict[str, Any]:
-    from flows.chain import CompressionOptions, EvaluationOptions, StepQueues
-    from flows.gates import DEFAULT_PERFORMANCE_RULES
+    from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
+    from automation.regression.plan import CompressionOptions, EvaluationOptions, StepQueues
 
     calib = None if (calibration or "").lower() in ("", "none") else calibration
     return {
@@ -62,21 +62,20 @@ def _common(suite_or_suites: dict[str, Any], profile: str, threshold: float, met
 async def _check(prepare: Any, parameters: dict[str, Any]) -> None:
     """The flow's own validation and server checks (queues, models), before a flow run exists."""
     from flows.bridge import backend
-    from flows.chain import check_plan
+    from flows.run import finalize
 
     prepared = prepare(**parameters)
     plan = prepared[0].plan if isinstance(prepared, tuple) else prepared.plan
     try:
-        await check_plan(plan)
+        await finalize(plan)
     finally:
         await backend().aclose()
 
 
 def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path | None) -> None:
-    from automation.backend import BackendError
-    from flows.chain import FlowInputError
-    from flows.finish import RunFailed
-    from flows.report import render_console, write_json
+    from automation.errors import BackendError, FlowInputError, RunFailed
+    from automation.regression.report.console import render_console
+    from automation.regression.report.format import write_json
 
     try:
         asyncio.run(_check(prepare, parameters))

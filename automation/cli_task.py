@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from automation.specs.base import SpecError, TaskSpec, _allows, _is_nested, build, decode_arg
+from automation.errors import SpecError
+from automation.specs.base import TaskSpec, _allows, _is_nested, build, decode_arg
 from automation.specs.registry import get_kind, kinds
 
 task_app = typer.Typer(help="Task kinds: list their fields, submit one as a ClearML task.", no_args_is_help=True)
@@ -222,7 +223,7 @@ async def _submit(spec: TaskSpec, wait: bool) -> dict[str, Any]:
         finally:
             await backend().aclose()
         return {"task_id": result.task_id, "url": result.web_url, "result": result.model_dump(mode="json")}
-    from automation.backend import ClearMLBackend
+    from automation.clearml.client import ClearMLBackend
     from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES
 
     client = ClearMLBackend()

@@ -17,13 +17,11 @@ from collections.abc import Mapping
 
 import httpx
 
+from automation.errors import SecretError
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BLOCK = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SCHEMES = ("env:", "prefect-secret:")
-
-
-class SecretError(ValueError):
-    pass
 
 
 def check_reference(name: str, ref: str) -> None:

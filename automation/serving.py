@@ -26,11 +26,9 @@ from typing import Literal
 
 import httpx
 
+from automation.errors import ServerError
+
 Engine = Literal["transformers", "vllm"]
-
-
-class ServerError(RuntimeError):
-    """The server could not start, died, or did not become ready in time."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from automation.backend import ClearMLBackend
+from automation.clearml.client import ClearMLBackend
 from automation.specs.debug import DebugSpec
 
 PROJECT = "benchmarks"

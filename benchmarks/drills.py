@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from automation.backend import FLOW_RUN_TAG
+from automation.clearml.client import FLOW_RUN_TAG
 from benchmarks.common import Outcome, Row, fmt
 from benchmarks.stack import ACTIVE, REPO, Bench, wait_for
 

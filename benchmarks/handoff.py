@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import Any
 
-from automation.backend import ClearMLBackend
+from automation.clearml.client import ClearMLBackend
 from benchmarks.common import Outcome, Row, fmt
 from benchmarks.stack import Bench, percentile
 

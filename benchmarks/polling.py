@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from automation.backend import ClearMLBackend
+from automation.clearml.client import ClearMLBackend
 from benchmarks.common import Outcome, Row, create_queued, fmt, parked_specs
 from benchmarks.stack import Bench
 

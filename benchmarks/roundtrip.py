@@ -1,6 +1,6 @@
 """roundtrip: one create -> run -> read round trip with the real clearml SDK through a real agent.
 
-What a user of the SDK alone does (`automation.local.roundtrip.run_hello`): `Task.create`, typed
+What a user of the SDK alone does (`testing.roundtrip.run_hello`): `Task.create`, typed
 parameters and a HOCON configuration object, `Task.enqueue`, wait with `get_status` every 0.5 s,
 then read status, scalars, single values, artifacts, models and the log tail. The task is the
 `hello` script (no ML library): it reads its Args and configuration back, reports scalars, a single
@@ -16,9 +16,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from automation.local.roundtrip import run_hello
 from benchmarks.common import Outcome, Row, fmt
 from benchmarks.stack import Bench
+from testing.roundtrip import run_hello
 
 PHASES = ("submit", "wait", "read")
 

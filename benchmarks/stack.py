@@ -21,10 +21,11 @@ from typing import Any
 
 import httpx
 
-from automation.local.prefect_server import PrefectServer
-from automation.local.prefect_server import start_prefect_server as _start_prefect_server
-from automation.local.roundtrip import AGENT_ENDPOINTS
-from automation.local.stack import LocalStack, StandInClient
+from automation.clearml.admin import AdminClient
+from automation.devstack.stack import LocalStack
+from testing.prefect_server import PrefectServer
+from testing.prefect_server import start_prefect_server as _start_prefect_server
+from testing.roundtrip import AGENT_ENDPOINTS
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_QUEUES = ("gpu", "cpu")
@@ -46,7 +47,7 @@ class Bench:
     quick: bool
     stack: LocalStack
     env: dict[str, str]
-    api: StandInClient
+    api: AdminClient
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     prefect: PrefectServer | None = None
     trials: int | None = None  # drill trials; None = the mode's default
@@ -73,7 +74,7 @@ class Bench:
                                                     "only_fields": list(fields)})["tasks"])
 
     def by_identity(self, identity: str) -> list[dict[str, Any]]:
-        from automation.backend import IDENTITY_TAG
+        from automation.clearml.client import IDENTITY_TAG
 
         return self.by_tag(f"{IDENTITY_TAG}{identity}",
                            ("id", "status", "status_message", "tags", "created", "started", "completed"))
@@ -151,7 +152,7 @@ def open_bench(data_dir: Path, quick: bool, need_prefect: bool) -> Bench:
         raise
     os.environ.update(report.env)
     env = report.env
-    api = StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"],
+    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"],
                         timeout=60)
     return Bench(data_dir=data_dir, quick=quick, stack=stack, env=env, api=api, prefect=prefect)
 

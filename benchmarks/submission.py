@@ -19,7 +19,7 @@ import contextlib
 import time
 from typing import Any
 
-from automation.backend import ClearMLBackend
+from automation.clearml.client import ClearMLBackend
 from automation.specs.debug import DebugSpec
 from benchmarks.common import PROJECT, Outcome, Row, fmt, parked_specs
 from benchmarks.stack import Bench

@@ -38,7 +38,7 @@ NIGHTLY_SCHEDULE_PARAMETERS: dict[str, Any] = {"series": "nightly", "fail_on": "
 
 def _observe_performance() -> list[dict[str, Any]]:
     """The default performance rules, reported but not gating: CPU timings of a tiny model are noise."""
-    from flows.gates import DEFAULT_PERFORMANCE_RULES
+    from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
 
     return [r.model_copy(update={"gating": False}).model_dump(mode="json") for r in DEFAULT_PERFORMANCE_RULES]
 

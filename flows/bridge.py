@@ -21,7 +21,7 @@
 - Cancellation, timeouts and SIGTERM reach the coroutine as a cancellation: the ClearML task is
   dequeued or stopped before the error propagates. Flow hooks (`stop_flow_run_tasks`) sweep any
   task of the flow run still active, as a safety net.
-- Failures are typed (flows.errors): code errors are not retried, infrastructure failures are
+- Failures are typed (automation.errors): code errors are not retried, infrastructure failures are
   (on the queue they failed on), and out-of-memory failures are retried on the next queue of
   `spec.queue_escalation`. Bad input (invalid spec, unknown queue, a server that cannot be
   connected to) fails before anything is created, unretried.
@@ -64,22 +64,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
-from automation.backend import (
-    FLOW_RUN_TAG,
-    QUEUE_TAG,
-    TASK_RUN_TAG,
+from automation.clearml.client import FLOW_RUN_TAG, QUEUE_TAG, TASK_RUN_TAG, ClearMLBackend, tag_value
+from automation.clearml.failures import FailureKind, classify
+from automation.errors import (
+    TASK_ERRORS,
     ApiCallError,
     BackendError,
     BackendUnavailable,
-    ClearMLBackend,
+    OutOfMemoryError,
     QueueNotFound,
     ServerUnreachable,
-    tag_value,
+    SpecError,
+    TaskFailed,
+    TaskTimeout,
 )
-from automation.failures import FailureKind, classify
 from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES, TaskResult
-from automation.specs.base import SpecError, TaskSpec, build
-from flows.errors import ERRORS, ClearMLTaskError, OutOfMemoryError, TaskTimeout
+from automation.specs.base import TaskSpec, build
 from flows.events import emit_task_event
 from flows.poller import shared_poller
 
@@ -252,7 +252,7 @@ async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     never raises, so nothing would ever be retried."""
     try:
         await state.aresult()
-    except ClearMLTaskError as err:
+    except TaskFailed as err:
         return bool(err.retryable)
     except (ServerUnreachable, QueueNotFound, ApiCallError):
         return False  # bad configuration or a refused request: the same call fails again
@@ -264,7 +264,7 @@ async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
 
 
 async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: dict[str, Any],
-                url: str, queue: str) -> ClearMLTaskError:
+                url: str, queue: str) -> TaskFailed:
     tail = await client.log_tail(task_id, 30)
     status = str(record.get("status"))
     kind = classify(status, record.get("status_message", ""), record.get("status_reason", ""), tail)
@@ -273,7 +273,7 @@ async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: di
         plan = _queue_plan(spec)
         nxt = plan[plan.index(queue) + 1] if queue in plan and plan.index(queue) + 1 < len(plan) else None
         return OutOfMemoryError(task_id, url, status, message, tail, queue=queue, next_queue=nxt)
-    return ERRORS[kind](task_id, url, status, message, tail, queue=queue)
+    return TASK_ERRORS[kind](task_id, url, status, message, tail, queue=queue)
 
 
 def _validated(spec: TaskSpec) -> TaskSpec:

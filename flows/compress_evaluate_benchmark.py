@@ -20,21 +20,21 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from automation.specs.model_ref import ModelRef
-from flows.bridge import BRIDGE_FLOW_HOOKS
-from flows.chain import (
+from automation.errors import FlowInputError
+from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings, PerformanceRule
+from automation.regression.plan import (
     BenchmarkOptions,
     CompressionOptions,
     EvaluationOptions,
-    FlowInputError,
     Plan,
     StepQueues,
     plan_matrix,
 )
-from flows.finish import finish_run, run_and_join
-from flows.gates import AccuracyGateSettings, PerformanceGateSettings, PerformanceRule
-from flows.report_model import Report
-from flows.settings import settings
+from automation.regression.report_model import Report
+from automation.regression.settings import settings
+from automation.specs.model_ref import ModelRef
+from flows.bridge import BRIDGE_FLOW_HOOKS
+from flows.run import finish_run, run_and_join
 
 FailOn = Literal["error", "regression", "never"]
 

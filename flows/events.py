@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from flows.report_model import Report, ReportCell
+from automation.regression.report_model import Report, ReportCell
 
 log = logging.getLogger("flows.events")
 

@@ -13,13 +13,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from automation.errors import FlowInputError
+from automation.regression.gates import PerformanceRule
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues
+from automation.regression.report_model import Report
+from automation.regression.settings import SizeRule, settings
 from flows.bridge import BRIDGE_FLOW_HOOKS, ensure_queue_limits
-from flows.chain import BenchmarkOptions, CompressionOptions, EvaluationOptions, FlowInputError, StepQueues
 from flows.compress_evaluate_benchmark import FailOn, _summary
-from flows.finish import finish_run, run_and_join
-from flows.gates import PerformanceRule
-from flows.report_model import Report
-from flows.settings import SizeRule, settings
+from flows.run import finish_run, run_and_join
 from flows.sweep import prepare
 
 NIGHTLY_SERIES = "nightly"

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
 
+from automation.errors import NotifyError
 from flows.events import REGRESSION_EVENT
 
 DEFAULT_NAME = "llm-automation"
@@ -48,10 +49,6 @@ REGRESSION_BODY = (
     "\nFlow run: {{ event.payload.flow_run_url }}{% endif %}"
 )
 SLACK_JSON = {"text": "{{subject}}\n{{body}}"}
-
-
-class NotifyError(RuntimeError):
-    pass
 
 
 def check_name(name: str) -> str:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from automation.backend import ClearMLBackend
-from automation.clearml_settings import ClearMLSettings
+from automation.clearml.client import ClearMLBackend
+from automation.clearml.settings import ClearMLSettings
 
 log = logging.getLogger("flows.poller")
 

@@ -12,21 +12,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from automation.errors import FlowInputError
+from automation.regression.gates import PerformanceRule
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues, plan_matrix
+from automation.regression.report_model import Report
+from automation.regression.settings import SizeRule, queue_for, settings
 from automation.specs.model_ref import ModelRef
 from flows.bridge import BRIDGE_FLOW_HOOKS, ensure_queue_limits
-from flows.chain import (
-    BenchmarkOptions,
-    CompressionOptions,
-    EvaluationOptions,
-    FlowInputError,
-    StepQueues,
-    plan_matrix,
-)
 from flows.compress_evaluate_benchmark import FailOn, Prepared, _summary, gate_settings, model_ref
-from flows.finish import finish_run, run_and_join
-from flows.gates import PerformanceRule
-from flows.report_model import Report
-from flows.settings import SizeRule, queue_for, settings
+from flows.run import finish_run, run_and_join
 
 
 @flow(name="sweep", log_prints=True, **BRIDGE_FLOW_HOOKS)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from automation.local.stack import LocalStack
+from automation.devstack.stack import LocalStack
 from tests.prefect_server import prefect_server  # noqa: F401 (a session fixture, shared by every test directory)
 
 
@@ -74,7 +74,7 @@ def local_stack(session_home: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model, built once per session. Its path is part of every spec's identity, so tests
     that share it also share finished ClearML work (a later test's identical step is reused)."""
-    from automation.demo import ensure_tiny_model
+    from automation.devstack.tiny_model import ensure_tiny_model
 
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", {**os.environ, **offline})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from automation.local.prefect_server import PrefectServer, start_prefect_server
+from testing.prefect_server import PrefectServer, start_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 90.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
+from automation.regression.gates import accuracy_gates, overall, performance_gates
+from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, StepLink
 from automation.results import MetricValue
-from flows.gates import accuracy_gates, overall, performance_gates
-from flows.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, StepLink
 
 WEB = "http://web.example/projects/p/experiments"
 

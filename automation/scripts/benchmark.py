@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from automation.errors import ModelInputError
 from automation.scripts.lib import hub_access
-from automation.scripts.lib.model_input import ModelInputError, has_gpu, local_model_dir, work_dir
+from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
 from automation.serving import ManagedServer
 from automation.specs.base import TaskSpec
@@ -57,8 +58,9 @@ def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]]) -> Non
 def main(spec: TaskSpec, report: Reporter) -> None:
     assert isinstance(spec, BenchmarkSpec)
     started = time.monotonic()
+    from automation.errors import BenchmarkError
     from automation.scripts.lib import peak_rss_mb
-    from automation.scripts.lib.benchmark_core import BenchmarkError, benchmark
+    from automation.scripts.lib.benchmark_core import benchmark
 
     hub_access(needed=spec.model.source == "hf" or (spec.tokenizer is not None and spec.tokenizer.source == "hf"))
     report.progress(2, f"fetching model {spec.model}")

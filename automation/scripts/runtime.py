@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from automation.specs.base import META_CONFIG, SpecError, TaskSpec
+from automation.errors import SpecError
+from automation.specs.base import META_CONFIG, TaskSpec
 from automation.specs.hocon import loads
 from automation.specs.registry import get_kind
 

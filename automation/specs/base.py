@@ -9,6 +9,21 @@ A spec has two kinds of fields:
 
 `identity()` hashes what changes the output and nothing that does not: fields declared with
 `volatile(...)` (queue, names, tags, timeouts, ...) are left out.
+
+Identity stability. Finished GPU work is found and reused by identity (stored ClearML tasks are
+looked up by it), so an identity must not move unless the output would. Hence:
+- **Every field added from now on** to a spec, or to a model nested in one (`CodeRef`,
+  `ModelRef`, ...), is declared with `added_field(default, since=...)` (a spec field that never
+  changes the output is `volatile(...)` instead). Such a field is left out of the identity while
+  it holds its default, so the identities of existing specs, and the cached work behind them, stay
+  what they were; a plain `Field(...)` would enter every identity of the kind and re-run all of
+  it. Its default must therefore mean exactly what the code did before the field existed.
+- The fields that existed before this rule keep the serialisation they always had (defaults
+  included): switching them over would move today's identities.
+- An **intended** identity change (a new meaning for a field, a different serialisation) bumps
+  `SCHEMA_VERSION`, with a comment saying why, and regenerates tests/unit/identity_golden.json
+  (`UPDATE_IDENTITY_GOLDEN=1 pytest tests/unit/test_identity_stability.py`); that test fails, naming
+  the spec and the payload paths that moved, when an identity changes by accident.
 """
 
 from __future__ import annotations
@@ -31,17 +46,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
+from automation.errors import PackageError, SpecError
 from automation.specs import hocon
-from automation.specs.packages import PackageError, merge
+from automation.specs.packages import merge
 
 ARGS_SECTION = "Args"
 META_CONFIG = "automation_spec"  # configuration object holding kind + envelope
+# Part of every identity: bump it only to move every identity on purpose, with a comment why (and
+# regenerate tests/unit/identity_golden.json). A new field needs no bump: see `added_field`.
 SCHEMA_VERSION = 1
-
-
-class SpecError(ValueError):
-    """A spec that cannot be built or read back; the message names the field(s) and the fix."""
+IDENTITY_IGNORE_DEFAULT = "identity_ignore_default"  # json_schema_extra marker set by added_field
 
 
 def volatile(default: Any = ..., **kwargs: Any) -> Any:
@@ -51,6 +68,70 @@ def volatile(default: Any = ..., **kwargs: Any) -> Any:
     if "default_factory" in kwargs:
         return Field(json_schema_extra=extra, **kwargs)
     return Field(default, json_schema_extra=extra, **kwargs)
+
+
+def added_field(default: Any = ..., *, since: str, **kwargs: Any) -> Any:
+    """A field added to a spec (or a model nested in one) after identities were stored: left out
+    of `identity()` while it holds its default, so existing identities do not move.
+
+        new_knob: int = added_field(0, since="2025-12", ge=0, description="...")
+        extra: dict[str, str] = added_field(default_factory=dict, since="2025-12", description="...")
+
+    `since` records when it was added (a date or release; documentation only). The default must
+    mean what the code did before the field existed: tasks stored under the old identity ran
+    that way. Takes the other `Field` arguments."""
+    if default is ... and "default_factory" not in kwargs:
+        raise TypeError("added_field needs a default (or default_factory): the specs stored before the field "
+                        "existed hold no value for it")
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[IDENTITY_IGNORE_DEFAULT] = True
+    extra["added_since"] = since
+    if "default_factory" in kwargs:
+        return Field(json_schema_extra=extra, **kwargs)
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
+def _ignores_default(info: FieldInfo) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(IDENTITY_IGNORE_DEFAULT))
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(to_jsonable_python(value), sort_keys=True, separators=(",", ":"))
+
+
+def _holds_default(model: BaseModel, name: str, info: FieldInfo) -> bool:
+    """The field's value serialises like its default. Compared as canonical JSON, not with `==`:
+    1 == 1.0 == True in Python, and taking a different value for the default would give two
+    different tasks one identity (the wrong direction to err in)."""
+    default = info.get_default(call_default_factory=True, validated_data=dict(model))
+    return _canonical_json(getattr(model, name)) == _canonical_json(default)
+
+
+def _drop_added_defaults(value: Any, dumped: Any) -> Any:
+    """`dumped` (the JSON-mode dump of `value`) without the `added_field` fields that hold their
+    default, at any depth (nested models, in lists/tuples and dict values too). Everything else is
+    returned exactly as dumped, so identities of specs without such fields do not change."""
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        fields = type(value).model_fields
+        by_key = {info.serialization_alias or info.alias or name: name for name, info in fields.items()}
+        by_key.update({name: name for name in fields})
+        out: dict[str, Any] = {}
+        for key, item in dumped.items():
+            name = by_key.get(key)
+            if name is None:  # computed field or extra: as dumped
+                out[key] = item
+                continue
+            info = fields[name]
+            if _ignores_default(info) and _holds_default(value, name, info):
+                continue
+            out[key] = _drop_added_defaults(getattr(value, name), item)
+        return out
+    if isinstance(value, list | tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        return [_drop_added_defaults(v, d) for v, d in zip(value, dumped, strict=True)]
+    if isinstance(value, Mapping) and isinstance(dumped, dict):
+        return {k: _drop_added_defaults(value[k], d) if k in value else d for k, d in dumped.items()}
+    return dumped
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -151,6 +232,10 @@ class TaskSpec(BaseModel):
     kind: ClassVar[str] = ""
     script_module: ClassVar[str] = ""
     base_packages: ClassVar[tuple[str, ...]] = ()
+    # The ClearML task type the task is created with (ClearML's UI filters and icons use it).
+    task_type: ClassVar[str] = "custom"
+    # Kind-specific submit hooks this kind takes (flows/hooks: each such hook leaves other kinds alone).
+    accepted_hooks: ClassVar[frozenset[str]] = frozenset()
     # Kind-specific fields that never reach the task's Args/configuration (rare).
     local_only: ClassVar[frozenset[str]] = frozenset()
 
@@ -248,7 +333,7 @@ class TaskSpec(BaseModel):
         return {}
 
     def identity_payload(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude=self.volatile_fields())
+        data = _drop_added_defaults(self, self.model_dump(mode="json", exclude=self.volatile_fields()))
         data["packages"] = sorted(self.requirements())
         payload: dict[str, Any] = {"kind": self.kind, "schema": SCHEMA_VERSION, "spec": data}
         standards = self.standards_content()

@@ -6,19 +6,20 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from automation.errors import StandardError
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
-from automation.specs.registry import register
-from automation.standards import Profile, StandardError, inline_if_file, load_profile_model, profile_content
+from automation.standards import Profile, inline_if_file, load_profile_model, profile_content
 
 BENCHMARK_PACKAGES = ("guidellm==0.8.1",)
 
 
-@register
 class BenchmarkSpec(TaskSpec):
     kind: ClassVar[str] = "benchmark"
     script_module: ClassVar[str] = "automation.scripts.benchmark"
     base_packages: ClassVar[tuple[str, ...]] = BENCHMARK_PACKAGES
+    task_type: ClassVar[str] = "testing"
+    accepted_hooks: ClassVar[frozenset[str]] = frozenset({"server_arg"})
 
     model: ModelRef = Field(description="model to serve: hf:org/name[@rev], a local path, clearml:<model id>")
     tokenizer: ModelRef | None = Field(None, description="tokenizer for GuideLLM's synthetic prompts "

@@ -6,12 +6,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from automation.errors import RecipeError, StandardError
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
-from automation.specs.registry import register
-from automation.standards import StandardError, check_calibration, inline_if_file
+from automation.standards import check_calibration, inline_if_file
 from automation.standards.recipes import (
-    RecipeError,
     check_recipe_applies,
     effective_arguments,
     load_template,
@@ -22,11 +21,11 @@ from automation.standards.recipes import (
 COMPRESS_PACKAGES = ("llmcompressor==0.14.0.1", "compressed-tensors==0.19.0", "transformers==5.17.0")
 
 
-@register
 class CompressSpec(TaskSpec):
     kind: ClassVar[str] = "compress"
     script_module: ClassVar[str] = "automation.scripts.compress"
     base_packages: ClassVar[tuple[str, ...]] = COMPRESS_PACKAGES
+    task_type: ClassVar[str] = "training"
 
     model: ModelRef = Field(description="model to compress: hf:org/name[@rev], a local path, clearml:<model id>")
     recipe: str = Field(description="recipe: a standard name (w4a16, w8a8, fp8_dynamic), a file path, or "

@@ -1,7 +1,7 @@
 """The `debug` kind: sleep, optionally fail or run out of memory, report a scalar.
 
 Small enough to run hundreds of in orchestration tests and benchmarks, and the worked example of
-adding a kind (README): this spec module, `automation/scripts/debug.py`, and `@register`.
+adding a kind (README): this spec module, `automation/scripts/debug.py`, and its line in `automation/specs/registry.py`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from automation.specs.base import TaskSpec
-from automation.specs.registry import register
 
 
-@register
 class DebugSpec(TaskSpec):
     kind: ClassVar[str] = "debug"
     script_module: ClassVar[str] = "automation.scripts.debug"

@@ -6,21 +6,22 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from automation.errors import StandardError
 from automation.specs.base import TaskSpec, volatile
 from automation.specs.model_ref import ModelRef
-from automation.specs.registry import register
-from automation.standards import StandardError, Suite, inline_if_file, load_suite, names, suite_content
+from automation.standards import Suite, inline_if_file, load_suite, names, suite_content
 
 EVALUATE_PACKAGES = ("lm-eval[hf,api]==0.4.13", "transformers==5.17.0")
 # What a file or inline suite is in the identity's spec part; its content is in the standards part.
 INLINE_SUITE = "<resolved suite>"
 
 
-@register
 class EvaluateSpec(TaskSpec):
     kind: ClassVar[str] = "evaluate"
     script_module: ClassVar[str] = "automation.scripts.evaluate"
     base_packages: ClassVar[tuple[str, ...]] = EVALUATE_PACKAGES
+    task_type: ClassVar[str] = "testing"
+    accepted_hooks: ClassVar[frozenset[str]] = frozenset({"vllm_arg"})
 
     model: ModelRef = Field(description="model to evaluate: hf:org/name[@rev], a local path, clearml:<model id>")
     suite: str | None = Field(None, description="evaluation suite: a standard name (tiny, openllm, leaderboard), "

@@ -16,11 +16,9 @@ from typing import Any
 from pyhocon import ConfigFactory
 from pyhocon.exceptions import ConfigException
 
+from automation.errors import HoconError
+
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-class HoconError(ValueError):
-    pass
 
 
 def _key(key: str) -> str:

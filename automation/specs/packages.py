@@ -7,9 +7,7 @@ from collections.abc import Iterable
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-
-class PackageError(ValueError):
-    pass
+from automation.errors import PackageError
 
 
 def parse(req: str, field: str = "packages") -> Requirement:

@@ -1,39 +1,32 @@
-"""The registry of task kinds: a kind is one spec class registered by name."""
+"""The registry of task kinds: one explicit table, kind name -> spec class.
+
+Adding a kind is one line here (README, "Adding a kind"); the kinds' modules do not import this
+one, so there is no import side effect and no circle.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from automation.errors import SpecError
+from automation.specs.base import TaskSpec
+from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.compress import CompressSpec
+from automation.specs.debug import DebugSpec
+from automation.specs.evaluate import EvaluateSpec
 
-from automation.specs.base import SpecError, TaskSpec
-
-S = TypeVar("S", bound=type[TaskSpec])
-_KINDS: dict[str, type[TaskSpec]] = {}
-
-
-def register(cls: S) -> S:
-    """Class decorator: make a spec class available by its `kind` name."""
-    if not cls.kind or not cls.script_module:
-        raise TypeError(f"{cls.__name__} must set `kind` and `script_module`")
-    existing = _KINDS.get(cls.kind)
-    if existing is not None and existing is not cls:
-        raise TypeError(f"task kind '{cls.kind}' is already registered by {existing.__name__}")
-    _KINDS[cls.kind] = cls
-    return cls
+KINDS: dict[str, type[TaskSpec]] = {cls.kind: cls for cls in (BenchmarkSpec, CompressSpec, DebugSpec, EvaluateSpec)}
 
 
 def kinds() -> dict[str, type[TaskSpec]]:
-    _load_builtin()
-    return dict(sorted(_KINDS.items()))
+    return dict(sorted(KINDS.items()))
 
 
 def get_kind(name: str) -> type[TaskSpec]:
-    _load_builtin()
     try:
-        return _KINDS[name]
+        return KINDS[name]
     except KeyError:
-        raise SpecError(f"unknown task kind '{name}' (known: {', '.join(sorted(_KINDS))})") from None
+        raise SpecError(f"unknown task kind '{name}' (known: {', '.join(sorted(KINDS))})") from None
 
 
-def _load_builtin() -> None:
-    # Importing the kind modules registers them; done lazily to keep imports cheap.
-    import automation.specs.builtin  # noqa: F401
+def all_base_packages() -> tuple[str, ...]:
+    """Every kind's pinned libraries (a run's provenance)."""
+    return tuple(sorted({p for cls in KINDS.values() for p in cls.base_packages}))

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from automation.errors import StandardError, StandardNotFoundError
+
 STANDARDS_DIR = Path(__file__).resolve().parent
 SUITES_DIR = STANDARDS_DIR / "suites"
 PROFILES_DIR = STANDARDS_DIR / "profiles"
@@ -27,14 +29,6 @@ RECIPES_DIR = STANDARDS_DIR / "recipes"
 
 StandardKind = Literal["recipe", "suite", "profile"]
 _DIRS: dict[str, Path] = {"recipe": RECIPES_DIR, "suite": SUITES_DIR, "profile": PROFILES_DIR}
-
-
-class StandardError(ValueError):
-    """A standard that cannot be found or read; the message names it and what is known."""
-
-
-class StandardNotFoundError(StandardError, LookupError):
-    pass
 
 
 # -- lookup ---------------------------------------------------------------------------------------

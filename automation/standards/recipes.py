@@ -20,6 +20,8 @@ from typing import Any, cast
 import jinja2
 import yaml
 
+from automation.errors import RecipeError
+
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 # model_type (config.json) -> SmoothQuant family key used by the w8a8 template.
@@ -31,10 +33,6 @@ MODEL_TYPE_FAMILIES = {
     "mixtral": "mixtral",
     "qwen2_moe": "qwen2_moe",
 }
-
-
-class RecipeError(ValueError):
-    """A recipe name, template or argument is invalid; the message names the culprit."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,8 @@ def _parse_template(name: str, text: str) -> RecipeTemplate:
 def load_template(name_or_text: str) -> RecipeTemplate:
     """A shipped recipe by name, a template file path, or template text (or a plain
     llm-compressor recipe) in the same file format."""
-    from automation.standards import StandardError, resolve
+    from automation.errors import StandardError
+    from automation.standards import resolve
 
     try:
         name, text = resolve("recipe", name_or_text)

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from automation.local.stack import StandInClient
-from flows.chain import BenchmarkOptions, CompressionOptions, StepQueues
-from flows.gates import DEFAULT_PERFORMANCE_RULES
-from flows.report_model import Report
+from automation.clearml.admin import AdminClient
+from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
+from automation.regression.report_model import Report
 from tests.conftest import StackHandle
 from tests.prefect_server import PrefectServer
 
@@ -39,9 +39,9 @@ OBSERVE = [r.model_copy(update={"gating": False}) for r in DEFAULT_PERFORMANCE_R
 
 
 @pytest.fixture(scope="module")
-def api(local_stack: StackHandle) -> StandInClient:
+def api(local_stack: StackHandle) -> AdminClient:
     env = local_stack.env
-    return StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def chain_params(tiny: Path) -> dict[str, Any]:
     }
 
 
-def project_tasks(api: StandInClient) -> list[dict[str, Any]]:
+def project_tasks(api: AdminClient) -> list[dict[str, Any]]:
     projects = api.call("projects.get_all", {"name": f"^{PROJECT}$", "only_fields": ["id"]})["projects"]
     if not projects:
         return []
@@ -68,7 +68,7 @@ def project_tasks(api: StandInClient) -> list[dict[str, Any]]:
                          )["tasks"])
 
 
-def work_tasks(api: StandInClient) -> list[dict[str, Any]]:
+def work_tasks(api: AdminClient) -> list[dict[str, Any]]:
     """Tasks that did GPU work (not the report's summary task)."""
     return [t for t in project_tasks(api) if "report" not in (t.get("tags") or [])]
 
@@ -87,7 +87,7 @@ def _when(stamp: Any) -> datetime:
 
 
 def test_baseline_evaluation_starts_before_compression_ends(first: tuple[Report, float],
-                                                           api: StandInClient) -> None:
+                                                           api: AdminClient) -> None:
     report, wall = first
     print(f"\n[measure] first run: {wall:.0f} s")
     by_id = {t["id"]: t for t in work_tasks(api)}
@@ -131,7 +131,7 @@ def test_report_gates_a_damaging_recipe_and_passes_a_noise_level_change(first: t
 def test_report_is_published_to_clearml_and_prefect(first: tuple[Report, float], local_stack: StackHandle) -> None:
     report, _ = first
     assert report.summary_task_id and report.summary_task_url
-    from flows import baselines
+    from automation.regression import baselines
     from flows.bridge import backend
 
     async def load() -> Report:
@@ -154,7 +154,7 @@ def test_report_is_published_to_clearml_and_prefect(first: tuple[Report, float],
     assert "w4a16" in str(markdown.data) and "FAIL" in str(markdown.data)
 
 
-def test_the_same_run_again_reuses_every_step(first: tuple[Report, float], tiny: Path, api: StandInClient) -> None:
+def test_the_same_run_again_reuses_every_step(first: tuple[Report, float], tiny: Path, api: AdminClient) -> None:
     from flows.compress_evaluate_benchmark import compress_evaluate_benchmark
 
     before = len(work_tasks(api))
@@ -168,9 +168,9 @@ def test_the_same_run_again_reuses_every_step(first: tuple[Report, float], tiny:
 
 
 def test_sweep_places_by_size_caps_queues_and_reuses(first: tuple[Report, float], tiny: Path,
-                                                     api: StandInClient) -> None:
+                                                     api: AdminClient) -> None:
+    from automation.regression.settings import SizeRule
     from flows.bridge import QUEUE_LIMIT_PREFIX
-    from flows.settings import SizeRule
     from flows.sweep import sweep
 
     before = len(work_tasks(api))
@@ -192,7 +192,7 @@ def test_sweep_places_by_size_caps_queues_and_reuses(first: tuple[Report, float]
     assert asyncio.run(limit()).limit == 1
 
 
-def test_cli_bad_input_fails_before_anything_is_queued(tiny: Path, api: StandInClient, local_stack: StackHandle,
+def test_cli_bad_input_fails_before_anything_is_queued(tiny: Path, api: AdminClient, local_stack: StackHandle,
                                                        prefect_server: PrefectServer) -> None:
     before = len(project_tasks(api))
     env = {**os.environ, **OFFLINE, **prefect_server.env}  # now: the stack fixture has set CLEARML_*

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from automation.serving import ManagedServer, ServerError
+from automation.errors import RecipeError, ServerError
+from automation.serving import ManagedServer
 from automation.standards import load_profile, suite_dir
-from automation.standards.recipes import RecipeError, check_recipe_applies, render_recipe
+from automation.standards.recipes import check_recipe_applies, render_recipe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from automation.backend import FLOW_RUN_TAG
-from automation.local.prefect_server import start_prefect_server
-from automation.local.stack import StandInClient
-from flows.report import artifact_key
+from automation.clearml.admin import AdminClient
+from automation.clearml.client import FLOW_RUN_TAG
+from flows.publish import artifact_key
+from testing.prefect_server import start_prefect_server
 from tests.conftest import StackHandle
 from tests.e2e.ui_flows import FLOW_NAME
 from tests.helpers import wait_for
@@ -159,7 +159,7 @@ def runs_of(ui: UiServer, deployment: Deployment) -> list[dict[str, Any]]:
     return list(ui.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment.id]}}}))
 
 
-def tasks_of(api: StandInClient, flow_run_id: str) -> list[dict[str, Any]]:
+def tasks_of(api: AdminClient, flow_run_id: str) -> list[dict[str, Any]]:
     return list(api.call("tasks.get_all", {"tags": [f"{FLOW_RUN_TAG}{flow_run_id}"], "search_hidden": True,
                                            "only_fields": ["id", "name", "status", "tags"]})["tasks"])
 
@@ -236,9 +236,9 @@ def page(chromium: Path) -> Iterator[Page]:
 
 
 @pytest.fixture(scope="module")
-def clearml(local_stack: StackHandle) -> StandInClient:
+def clearml(local_stack: StackHandle) -> AdminClient:
     env = local_stack.env
-    return StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
 
 
 # -- the UI steps ----------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_run_from_the_deployment_form_shows_the_report(page: Page, ui_server: Ui
 
 
 def test_cancel_from_the_ui_stops_the_clearml_tasks(page: Page, ui_server: UiServer, deployment: Deployment,
-                                                    clearml: StandInClient) -> None:
+                                                    clearml: AdminClient) -> None:
     shot = Shots(page)
     shot.n = 20
     open_custom_run_form(page, ui_server, deployment, shot)

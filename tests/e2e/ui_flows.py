@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from flows.chain import BenchmarkOptions, CompressionOptions, StepQueues
-from flows.gates import DEFAULT_PERFORMANCE_RULES
+from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
 
 FLOW_NAME = "compress-evaluate-benchmark"
 DEFAULT_SCHEMES = ["w4a16", "fp8_dynamic"]

@@ -27,20 +27,12 @@ import httpx
 import psutil
 import pytest
 
-from automation.backend import (
-    FLOW_RUN_TAG,
-    IDENTITY_TAG,
-    TASK_RUN_TAG,
-    ClearMLBackend,
-    QueueNotFound,
-    ServerUnreachable,
-)
-from automation.local.stack import StandInClient
+from automation.clearml.admin import AdminClient
+from automation.clearml.client import FLOW_RUN_TAG, IDENTITY_TAG, TASK_RUN_TAG, ClearMLBackend
+from automation.errors import CodeError, QueueNotFound, ServerUnreachable, SpecError, TaskTimeout
 from automation.results import TaskResult
-from automation.specs.base import SpecError
 from automation.specs.debug import DebugSpec
 from flows.bridge import DUPLICATE_REASON, QUEUE_LIMIT_PREFIX, ensure_queue_limits, execute, stop_flow_run_tasks
-from flows.errors import CodeError, TaskTimeout
 from flows.poller import shared_poller
 from tests.conftest import StackHandle
 from tests.helpers import wait_for
@@ -55,9 +47,9 @@ ACTIVE = {"created", "queued", "in_progress"}
 
 # -- helpers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def api(local_stack: StackHandle) -> StandInClient:
+def api(local_stack: StackHandle) -> AdminClient:
     env = local_stack.env
-    return StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
 
 
 @pytest.fixture
@@ -65,14 +57,14 @@ def stack(local_stack: StackHandle, prefect_server: PrefectServer) -> StackHandl
     return local_stack
 
 
-def by_identity(api: StandInClient, spec: DebugSpec) -> list[dict[str, Any]]:
+def by_identity(api: AdminClient, spec: DebugSpec) -> list[dict[str, Any]]:
     return list(api.call("tasks.get_all", {
         "tags": [f"{IDENTITY_TAG}{spec.identity()}"], "order_by": ["created"], "search_hidden": True,
         "only_fields": ["id", "status", "status_message", "tags", "created", "started", "completed",
                         "hyperparams"]})["tasks"])
 
 
-def by_tag(api: StandInClient, tag: str) -> list[dict[str, Any]]:
+def by_tag(api: AdminClient, tag: str) -> list[dict[str, Any]]:
     return list(api.call("tasks.get_all", {"tags": [tag], "search_hidden": True,
                                            "only_fields": ["id", "status", "tags"]})["tasks"])
 
@@ -82,14 +74,14 @@ def calls(stack: StackHandle, endpoint: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def idle_queue(api: StandInClient) -> str:
+def idle_queue(api: AdminClient) -> str:
     """A queue no agent serves: tasks stay queued until the test moves them (cheap and exact)."""
     name = f"idle-{RUN}"
     api.call("queues.create", {"name": name})
     return name
 
 
-def run_by_hand(api: StandInClient, task_id: str) -> None:
+def run_by_hand(api: AdminClient, task_id: str) -> None:
     """Play the agent: start and complete a task without running anything."""
     api.call("tasks.started", {"task": task_id})
     api.call("tasks.completed", {"task": task_id})
@@ -140,7 +132,7 @@ def kill_task_process(task_id: str) -> int:
 
 
 # -- 1. happy path, measurements, Prefect side ------------------------------------------------
-def test_happy_path_concurrent_tasks(stack: StackHandle, api: StandInClient) -> None:
+def test_happy_path_concurrent_tasks(stack: StackHandle, api: AdminClient) -> None:
     specs = batch_specs(f"happy-{RUN}", 3, sleep_s=1.0)
     poller = shared_poller()
     stack.reset_stats()
@@ -241,7 +233,7 @@ async def _links(flow_run_id: str) -> list[str]:
 
 
 # -- 8. unchanged flow twice ------------------------------------------------------------------
-def test_unchanged_flow_twice_creates_nothing(stack: StackHandle, api: StandInClient) -> None:
+def test_unchanged_flow_twice_creates_nothing(stack: StackHandle, api: AdminClient) -> None:
     specs = batch_specs(f"happy-{RUN}", 3, sleep_s=1.0)  # the happy path's: reused if it ran first
     first = asyncio.run(batch_flow(specs))["results"]
     creates = calls(stack, "tasks.create")
@@ -253,7 +245,7 @@ def test_unchanged_flow_twice_creates_nothing(stack: StackHandle, api: StandInCl
 
 
 # -- 2. code error ----------------------------------------------------------------------------
-def test_code_error_fails_once_with_url_and_log_tail(stack: StackHandle, api: StandInClient) -> None:
+def test_code_error_fails_once_with_url_and_log_tail(stack: StackHandle, api: AdminClient) -> None:
     spec = DebugSpec(queue="cpu", sleep_s=0.2, steps=1, fail=True, fail_message=f"boom-{RUN}",
                      salt=f"fail-{RUN}")
     state = asyncio.run(one_flow(spec))["state"]
@@ -272,7 +264,7 @@ def test_code_error_fails_once_with_url_and_log_tail(stack: StackHandle, api: St
 
 
 # -- 3. infrastructure failure ----------------------------------------------------------------
-def test_killed_task_process_is_retried_and_completes(stack: StackHandle, api: StandInClient) -> None:
+def test_killed_task_process_is_retried_and_completes(stack: StackHandle, api: AdminClient) -> None:
     spec = DebugSpec(queue="gpu", sleep_s=6.0, steps=6, salt=f"kill-{RUN}")
     killed: dict[str, int] = {}
 
@@ -306,7 +298,7 @@ def test_killed_task_process_is_retried_and_completes(stack: StackHandle, api: S
 
 
 # -- 4. out of memory -> next queue -----------------------------------------------------------
-def test_oom_escalates_to_next_queue(stack: StackHandle, api: StandInClient) -> None:
+def test_oom_escalates_to_next_queue(stack: StackHandle, api: AdminClient) -> None:
     spec = DebugSpec(queue="gpu", queue_escalation=("cpu",), oom_on_queues=("gpu",), sleep_s=0.5,
                      steps=1, salt=f"oom-{RUN}")
     state = asyncio.run(one_flow(spec))["state"]
@@ -362,7 +354,7 @@ def test_invalid_spec_creates_nothing(stack: StackHandle) -> None:
 
 
 # -- 10. per-queue concurrency limit ----------------------------------------------------------
-def test_queue_limit_serializes_tasks(stack: StackHandle, api: StandInClient) -> None:
+def test_queue_limit_serializes_tasks(stack: StackHandle, api: AdminClient) -> None:
     assert asyncio.run(ensure_queue_limits({"cpu": 1})) == {"cpu": 1}
     try:
         specs = [DebugSpec(queue="cpu", sleep_s=0.5, steps=1, salt=f"limit-{RUN}-{i}") for i in range(2)]
@@ -397,7 +389,7 @@ def faults(stack: StackHandle) -> Iterator[Callable[..., dict[str, Any]]]:
         switch(rate=0.0)
 
 
-def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: StandInClient,
+def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: AdminClient,
                                                      faults: Callable[..., dict[str, Any]]) -> None:
     specs = batch_specs(f"faults-{RUN}", 4, sleep_s=0.5)
     faults(rate=0.1, kinds=["error", "drop", "delay"], delay_s=0.5, seed=4)
@@ -417,7 +409,7 @@ def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: St
         assert result.scalars["debug/value"] == spec.value
 
 
-def test_lost_dequeue_is_put_back(stack: StackHandle, api: StandInClient) -> None:
+def test_lost_dequeue_is_put_back(stack: StackHandle, api: AdminClient) -> None:
     """An agent's `queues.get_next_task` whose answer is lost leaves the task `queued` in no queue;
     the poller puts it back. Made deterministic here: a queue no agent serves, popped by hand."""
     queue = f"orphan-{RUN}"
@@ -452,7 +444,7 @@ def test_lost_dequeue_is_put_back(stack: StackHandle, api: StandInClient) -> Non
 
 
 # -- timeouts, the crash sweep, refresh and max age, concurrent orchestrators ------------------
-def test_task_timeout_and_max_wait_stop_the_task(stack: StackHandle, api: StandInClient, idle_queue: str) -> None:
+def test_task_timeout_and_max_wait_stop_the_task(stack: StackHandle, api: AdminClient, idle_queue: str) -> None:
     spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"timeout-{RUN}")
     # 12 s: the timeout must land after create + enqueue (a lookup, the limit check, create,
     # enqueue, the duplicate check), which a loaded 2-core CI host can stretch to seconds.
@@ -470,7 +462,7 @@ def test_task_timeout_and_max_wait_stop_the_task(stack: StackHandle, api: StandI
     assert [t["status"] for t in tasks] == ["stopped"] and info.value.task_id == str(tasks[0]["id"])
 
 
-def test_crash_sweep_stops_every_active_task_of_the_flow_run(stack: StackHandle, api: StandInClient,
+def test_crash_sweep_stops_every_active_task_of_the_flow_run(stack: StackHandle, api: AdminClient,
                                                              idle_queue: str) -> None:
     from prefect.client.schemas.objects import StateType
 
@@ -490,7 +482,7 @@ def test_crash_sweep_stops_every_active_task_of_the_flow_run(stack: StackHandle,
         api.call("tasks.stopped", {"task": other, "force": True})
 
 
-def test_refresh_recomputes_and_max_age_ages_out_a_reuse(stack: StackHandle, api: StandInClient,
+def test_refresh_recomputes_and_max_age_ages_out_a_reuse(stack: StackHandle, api: AdminClient,
                                                          idle_queue: str) -> None:
     spec = DebugSpec(queue=idle_queue, sleep_s=0.1, steps=1, salt=f"age-{RUN}")
     done = asyncio.run(_submit(spec, []))
@@ -506,7 +498,7 @@ def test_refresh_recomputes_and_max_age_ages_out_a_reuse(stack: StackHandle, api
     assert [t["status"] for t in by_identity(api, spec)] == ["completed", "stopped", "stopped"]
 
 
-def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: StandInClient, idle_queue: str,
+def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: AdminClient, idle_queue: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Two orchestrators (own event loops, so own clients and identity locks, as two processes)
     both miss each other in the lookup and both create a task: one completes, the other is stopped
@@ -557,7 +549,7 @@ def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: S
 
 
 # -- 6. SIGKILL the orchestrator, run again ---------------------------------------------------
-def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api: StandInClient,
+def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api: AdminClient,
                                                         prefect_server: PrefectServer) -> None:
     salt, n = f"crash-{RUN}", 3
     specs = batch_specs(salt, n, sleep_s=4.0)
@@ -601,7 +593,7 @@ def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api:
 
 
 # -- 5. cancel a deployment run from the CLI ---------------------------------------------------
-def test_cli_cancel_stops_every_task_of_the_run(stack: StackHandle, api: StandInClient,
+def test_cli_cancel_stops_every_task_of_the_run(stack: StackHandle, api: AdminClient,
                                                 prefect_server: PrefectServer) -> None:
     env = subprocess_env(prefect_server)
     name = f"hold-{RUN}"

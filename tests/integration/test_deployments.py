@@ -108,7 +108,7 @@ async def _pause(deployment: str) -> None:
 
 
 async def _report(flow_run_id: str) -> Any:
-    from flows.baselines import resolve
+    from automation.regression.baselines import resolve
     from flows.bridge import backend
 
     return (await resolve(backend(), flow_run_id))[1]

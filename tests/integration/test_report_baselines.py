@@ -23,11 +23,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from automation.backend import ClearMLBackend
+from automation.clearml.client import ClearMLBackend
 from automation.cli import app
-from flows.baselines import (
-    PromotionRefused,
-    ReportNotFound,
+from automation.errors import PromotionRefused, ReportNotFound
+from automation.regression.baselines import (
     accepted_for,
     apply_history,
     find_reports,
@@ -35,8 +34,9 @@ from flows.baselines import (
     previous_in_series,
     promote,
 )
-from flows.report import publish_clearml, publish_prefect
-from flows.report_model import Report
+from automation.regression.report.clearml import publish_clearml
+from automation.regression.report_model import Report
+from flows.publish import publish_prefect
 from tests.conftest import StackHandle
 from tests.integration.conftest import PrefectServer
 from tests.report_samples import sample_report

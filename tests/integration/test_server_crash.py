@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from automation.local import procs
+from automation.devstack import procs
 from tests.conftest import StackHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

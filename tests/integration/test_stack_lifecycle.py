@@ -19,9 +19,10 @@ import httpx
 import psutil
 import pytest
 
-from automation.local import procs
-from automation.local.layout import DataDir
-from automation.local.stack import LocalStack, StandInClient
+from automation.clearml.admin import AdminClient
+from automation.devstack import procs
+from automation.devstack.layout import DataDir
+from automation.devstack.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +92,12 @@ def _submit(env: dict[str, str], script: Path, name: str, queue: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def _task(api: StandInClient, task_id: str) -> dict[str, Any]:
+def _task(api: AdminClient, task_id: str) -> dict[str, Any]:
     return dict(api.call("tasks.get_all", {"id": [task_id], "only_fields": ["status", "status_message",
                                                                             "project", "last_worker"]})["tasks"][0])
 
 
-def _fresh_workers(api: StandInClient, since: float) -> list[str]:
+def _fresh_workers(api: AdminClient, since: float) -> list[str]:
     """Workers that registered (again) after `since` (epoch seconds)."""
     workers = api.call("workers.get_all")["workers"]
     return [w["id"] for w in workers
@@ -163,7 +164,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     assert info.get("workers"), info
 
     env = _stack_env(data, session_home)
-    api = StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
     project_id = api.call("projects.create", {"name": "lifecycle-check"})["id"]
     files = env["CLEARML_FILES_HOST"]
     assert httpx.post(f"{files}/lifecycle/", files={"kept/blob.bin": ("blob.bin", BLOB)}, timeout=10).status_code == 200
@@ -197,7 +198,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     assert third.returncode == 0, third.stderr
     assert "started: server, agent-q1" in third.stderr
     assert third.stdout == first.stdout  # same ports, same credentials
-    api = StandInClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
     projects = api.call("projects.get_all", {"name": "^lifecycle-check$"})["projects"]
     assert [p["id"] for p in projects] == [project_id]
     assert httpx.get(f"{files}/lifecycle/kept/blob.bin", timeout=10).content == BLOB
@@ -219,7 +220,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
 
 
 def test_unreachable_server_fails_fast_naming_the_url(tmp_path: Path, session_home: Path) -> None:
-    from automation.local.stack import StackConfig, write_clearml_conf
+    from automation.devstack.stack import StackConfig, write_clearml_conf
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from automation.local import procs
+from automation.devstack import procs
 from tests.conftest import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def test_sdk_and_agent_traffic_matches_the_contract(local_stack: StackHandle) ->
     stats = local_stack.stats()
     if "tasks.create" not in stats["calls"] or "events.add_batch" not in stats["calls"]:
         # Run on its own: make the traffic first (the demo's round trip through a real agent).
-        from automation.local.roundtrip import run_hello
+        from testing.roundtrip import run_hello
 
         assert run_hello(local_stack.env, queue="cpu").status == "completed"
         stats = local_stack.stats()

@@ -11,17 +11,20 @@ from typing import Any
 
 import pytest
 
-from automation.backend import (
-    QUEUE_TAG,
+from automation.clearml.client import QUEUE_TAG
+from automation.errors import (
     ApiCallError,
     BackendUnavailable,
+    CodeError,
+    InfrastructureError,
+    OutOfMemoryError,
     QueueNotFound,
     ServerUnreachable,
+    TaskTimeout,
 )
 from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
 from flows.bridge import DUPLICATE_REASON, _choose_queue, _defer_to_older, _fresh, _retry_condition
-from flows.errors import CodeError, InfrastructureError, OutOfMemoryError, TaskTimeout
 
 OOM_TAIL = ["Traceback (most recent call last):", "torch.OutOfMemoryError: CUDA out of memory."]
 CODE_TAIL = ["Traceback (most recent call last):", "RuntimeError: boom"]

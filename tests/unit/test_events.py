@@ -12,10 +12,10 @@ from uuid import uuid4
 
 import pytest
 
+from automation.regression.report_model import Report
 from flows import events
 from flows import notifications as notify
 from flows.events import REGRESSION_EVENT, REPORT_EVENT, emit_regression, emit_task_event, report_events, task_event
-from flows.report_model import Report
 from tests.report_samples import sample_report
 
 RECORD = {"id": "t1", "status": "in_progress", "status_message": "running step 2", "status_reason": "",

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from automation.backend import BackendUnavailable, ClearMLBackend, ServerUnreachable
-from automation.clearml_settings import ClearMLSettings
-from automation.failures import FailureKind, classify
-from flows.errors import CodeError, InfrastructureError, OutOfMemoryError
+from automation.clearml.client import ClearMLBackend
+from automation.clearml.failures import FailureKind, classify
+from automation.clearml.settings import ClearMLSettings
+from automation.errors import BackendUnavailable, CodeError, InfrastructureError, OutOfMemoryError, ServerUnreachable
 
 TRACEBACK = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
              "RuntimeError: debug task asked to fail"]

@@ -12,28 +12,20 @@ from typing import Any
 
 import pytest
 
+from automation.errors import FlowInputError, SecretError
+from automation.regression.cells import CellRun, Outcome, join_cells
+from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings
+from automation.regression.hooks import apply_hooks
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues, plan_matrix
+from automation.regression.report_model import StepFailure
+from automation.regression.settings import SizeRule, params_billion, queue_for
 from automation.results import MetricValue, TaskResult
-from automation.secrets import SecretError, check_reference, resolve
+from automation.secrets import check_reference, resolve
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.debug import DebugSpec
 from automation.specs.model_ref import ModelRef
-from flows.chain import (
-    BenchmarkOptions,
-    CellRun,
-    CompressionOptions,
-    EvaluationOptions,
-    FlowInputError,
-    Outcome,
-    StepQueues,
-    join_cells,
-    plan_matrix,
-)
 from flows.compress_evaluate_benchmark import gate_settings, model_ref
-from flows.finish import report_outcome
-from flows.gates import AccuracyGateSettings, PerformanceGateSettings
-from flows.hooks import apply_hooks
-from flows.report_model import StepFailure
-from flows.settings import SizeRule, params_billion, queue_for
+from flows.run import report_outcome
 
 
 @pytest.fixture

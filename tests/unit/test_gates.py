@@ -7,8 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from automation.results import MetricValue
-from flows.gates import (
+from automation.regression.gates import (
     DEFAULT_PERFORMANCE_RULES,
     AccuracyDecision,
     AccuracyGateSettings,
@@ -24,6 +23,7 @@ from flows.gates import (
     recovery_gate,
     threshold_for,
 )
+from automation.results import MetricValue
 
 
 def mv(value: float, stderr: float | None = None, n: int | None = None) -> MetricValue:

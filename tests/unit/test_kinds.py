@@ -13,13 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from automation.cli_task import parse_overrides, spec_from_cli, standards_app, task_app
+from automation.errors import SpecError
 from automation.results import TaskResult
-from automation.specs import SpecError, get_kind
 from automation.specs.base import TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
 from automation.specs.model_ref import ModelRef
+from automation.specs.registry import get_kind
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from automation.backend import BackendUnavailable, ClearMLBackend, ServerUnreachable
-from automation.clearml_settings import ClearMLSettings
+from automation.clearml.client import ClearMLBackend
+from automation.clearml.settings import ClearMLSettings
+from automation.errors import BackendUnavailable, ServerUnreachable
 from flows.poller import StatusPoller, _Watch
 
 

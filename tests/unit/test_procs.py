@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from automation.local import procs
+from automation.devstack import procs
 
 # parent -> child (ignores SIGTERM) -> grandchild in its own session (setsid; ignores SIGTERM too).
 # Each writes its pid to DIR/<role>.pid once its signal disposition is in place.

@@ -11,25 +11,24 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from automation.results import MetricValue
-from flows.baselines import PromotionRefused, apply_history, promotable_cells, trend
-from flows.gates import PerformanceGateSettings, PerformanceRule
-from flows.report import (
-    artifact_key,
+from automation.errors import PromotionRefused
+from automation.regression.baselines import apply_history, promotable_cells, trend
+from automation.regression.gates import PerformanceGateSettings, PerformanceRule
+from automation.regression.report.clearml import plotly_figures, sanitize
+from automation.regression.report.console import render_console
+from automation.regression.report.format import (
     headline_accuracy,
     perf_label,
-    plot_svg,
-    plotly_figures,
-    publish_prefect,
     rank_accuracy,
-    render_console,
-    render_markdown,
-    sanitize,
     short_model,
     table_rows,
     write_json,
 )
-from flows.report_model import Report, ReportCell
+from automation.regression.report.markdown import render_markdown
+from automation.regression.report.svg import plot_svg
+from automation.regression.report_model import Report, ReportCell
+from automation.results import MetricValue
+from flows.publish import artifact_key, publish_prefect
 from tests.report_samples import BASE_PERF, sample_report
 
 SVG = "{http://www.w3.org/2000/svg}"

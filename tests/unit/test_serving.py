@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import automation.serving as serving
-from automation.serving import ManagedServer, ServerError
+from automation.errors import ServerError
+from automation.serving import ManagedServer
 
 
 @pytest.fixture(autouse=True)

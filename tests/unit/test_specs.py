@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-from automation.specs import CodeRef, SpecError, get_kind, kinds
-from automation.specs.base import decode_arg, encode_arg
+from automation.errors import HoconError, PackageError, SpecError
+from automation.specs.base import CodeRef, decode_arg, encode_arg
 from automation.specs.debug import DebugSpec
-from automation.specs.hocon import HoconError, dumps, loads
-from automation.specs.packages import PackageError, merge
+from automation.specs.hocon import dumps, loads
+from automation.specs.packages import merge
+from automation.specs.registry import get_kind, kinds
 
 
 def test_registry_lists_kinds_and_names_unknown_ones() -> None:
@@ -133,7 +134,7 @@ def test_identity_ignores_volatile_fields_only() -> None:
 
 def test_identity_is_stable_across_processes() -> None:
     code = (
-        "from automation.specs import get_kind;"
+        "from automation.specs.registry import get_kind;"
         "print(get_kind('debug')(sleep_s=1.5, oom_on_queues=('g',), salt='x').identity())"
     )
     outs = {

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from automation.errors import RecipeError, StandardError, StandardNotFoundError
 from automation.standards import (
-    StandardError,
-    StandardNotFoundError,
     SuiteTask,
     inline_if_file,
     list_standards,
@@ -28,7 +27,7 @@ from automation.standards import (
     tasks_defined_in,
     tasks_dir_is_local,
 )
-from automation.standards.recipes import RecipeError, load_template, render_recipe
+from automation.standards.recipes import load_template, render_recipe
 
 
 def test_every_shipped_standard_loads_and_is_listed() -> None:

@@ -11,15 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from automation.errors import BenchmarkError
 from automation.scripts.lib import peak_rss_mb, write_json
 
 Engine = Literal["vllm", "transformers"]
 _RATE_FIELDS = {"concurrent": "streams", "constant": "rate", "poisson": "rate", "async": "rate"}
 _SHAPE_KEYS = ("stdev", "min", "max")
-
-
-class BenchmarkError(RuntimeError):
-    """GuideLLM failed, produced no report, or too many requests errored."""
 
 
 def _synthetic_data(profile: dict[str, Any], engine: Engine) -> dict[str, Any]:

@@ -8,11 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from automation.errors import ModelInputError
 from automation.specs.model_ref import ModelRef
-
-
-class ModelInputError(RuntimeError):
-    """The model named by the spec could not be made available locally."""
 
 
 def _task_input_model(report: Any, model_id: str) -> Path | None:

@@ -1,0 +1,211 @@
+"""Planning the compress -> evaluate -> benchmark matrix: every spec of a run, built and validated
+before anything is queued, so bad input fails naming its parameter and leaves nothing behind.
+
+A plan is pure data. `flows.run.finalize` then checks what needs a server (queues, models) and
+applies the submit hooks once to every spec; running a plan never comes back here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from automation.errors import FlowInputError, HookError, SpecError, StandardError
+from automation.regression.hooks import check_hooks
+from automation.regression.report_model import BASE_SCHEME
+from automation.specs.base import TaskSpec, build
+from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.compress import CompressSpec
+from automation.specs.evaluate import EvaluateSpec
+from automation.specs.model_ref import ModelRef
+from automation.standards import load_profile_model, load_suite
+
+Step = Literal["compress", "evaluate", "benchmark"]
+
+
+def scheme_label(scheme: str) -> str:
+    """How a scheme shows in task names and reports: a standard name as it is, a recipe file by
+    its stem, inline YAML by a short hash."""
+    text = scheme.strip()
+    if "\n" in text or (":" in text and " " in text):
+        return "inline-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    if "/" in text or text.endswith((".yaml", ".yml")):
+        return Path(text).stem
+    return text
+
+
+# -- parameters shared by the flows (each is ONE top-level flow parameter: overrides are shallow) --
+class CompressionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calibration: str | None = Field("open_platypus", description="calibration dataset ('tiny' = built in; "
+                                                                 "none for data-free schemes)")
+    num_samples: int = Field(512, ge=1, description="calibration samples")
+    max_seq_length: int = Field(2048, ge=8, description="calibration sequence length")
+    recipe_args: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                   description="recipe template arguments per scheme")
+
+
+class EvaluationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: float | None = Field(None, gt=0, description="samples per task (>= 1) or a fraction; none = all")
+    batch_size: int | Literal["auto"] = Field(8, description="batch size or 'auto'")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot override for every task")
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vllm with a GPU, else hf")
+
+
+class BenchmarkOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto = vllm with a GPU")
+    gpus: int | None = Field(None, ge=0, description="GPUs for the server; none = default")
+    server_args: list[str] = Field(default_factory=list, description="extra server arguments")
+    startup_timeout_s: float = Field(900.0, gt=0, description="deadline for the server to become ready")
+
+
+class StepQueues(BaseModel):
+    """Queue per step; empty = the model's queue (the `queue` parameter or the size rule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compress: str | None = Field(None, description="queue for compression")
+    evaluate: str | None = Field(None, description="queue for evaluations")
+    benchmark: str | None = Field(None, description="queue for benchmarks")
+
+
+
+# -- the plan ---------------------------------------------------------------------------------
+@dataclass
+class ModelPlan:
+    model: ModelRef
+    queue: str
+    escalation: tuple[str, ...]
+    base_evals: dict[str, EvaluateSpec]  # by suite
+    base_bench: BenchmarkSpec
+    compress: dict[str, CompressSpec]  # by scheme
+
+    def specs(self) -> list[TaskSpec]:
+        return [self.base_bench, *self.base_evals.values(), *self.compress.values()]
+
+    def evaluate_for(self, model: ModelRef, suite: str) -> EvaluateSpec:
+        """The evaluation of a compressed model: the base model's, final as planned, on `model`."""
+        return with_model(self.base_evals[suite], model)
+
+    def bench_for(self, model: ModelRef) -> BenchmarkSpec:
+        return with_model(self.base_bench, model)
+
+
+S = TypeVar("S", bound=TaskSpec)
+
+
+def with_model(spec: S, model: ModelRef) -> S:
+    """`spec` on another input model (validated: frozen specs; `model_copy` would skip validation)."""
+    return cast(S, build(type(spec), {**spec.model_dump(), "model": model}))
+
+
+@dataclass
+class Plan:
+    models: list[ModelPlan]
+    schemes: list[str]
+    suites: list[str]
+    profile: str
+    hooks: list[str]
+    queues: set[str] = field(default_factory=set)
+
+
+def _spec(field_name: str, make: Callable[[], TaskSpec]) -> Any:
+    try:
+        return make()
+    except (SpecError, ValueError) as exc:
+        raise FlowInputError(f"{field_name}: {exc}") from None
+
+
+def plan_matrix(
+    models: list[tuple[ModelRef, str, tuple[str, ...]]],
+    schemes: list[str],
+    suites: list[str],
+    profile: str,
+    compression: CompressionOptions,
+    evaluation: EvaluationOptions,
+    benchmarking: BenchmarkOptions,
+    step_queues: StepQueues,
+    project: str,
+    hooks: list[str],
+    tags: tuple[str, ...] = (),
+) -> Plan:
+    """Every spec of the run, validated. `models` = (model, queue, OOM escalation) triples."""
+    if not models:
+        raise FlowInputError("models: give at least one model")
+    if not schemes:
+        raise FlowInputError("schemes: give at least one compression scheme (e.g. w4a16)")
+    if len(set(schemes)) != len(schemes):
+        raise FlowInputError(f"schemes: {schemes} lists a scheme twice")
+    labels = [scheme_label(s) for s in schemes]
+    if len(set(labels)) != len(labels):
+        raise FlowInputError(f"schemes: {labels} name two schemes alike (rename a recipe file)")
+    if BASE_SCHEME in labels:
+        raise FlowInputError(f"schemes: '{BASE_SCHEME}' is the uncompressed model and is always included")
+    if not suites:
+        raise FlowInputError("suite: give an evaluation suite (e.g. openllm, or tiny on CPU)")
+    for suite in suites:
+        try:
+            load_suite(suite)
+        except StandardError as exc:
+            raise FlowInputError(f"suite: {exc}") from None
+    try:
+        load_profile_model(profile)
+    except StandardError as exc:
+        raise FlowInputError(f"profile: {exc}") from None
+    try:
+        hooks = check_hooks(hooks)
+    except HookError as exc:
+        raise FlowInputError(str(exc)) from None
+
+    plans: list[ModelPlan] = []
+    queues: set[str] = set()
+    for model, queue, escalation in models:
+        unknown = set(compression.recipe_args) - set(schemes)
+        if unknown:
+            raise FlowInputError(f"compression.recipe_args: {sorted(unknown)} are not among the schemes {schemes}")
+        mp = _plan_model(model, queue, escalation, schemes, suites, profile, compression, evaluation, benchmarking,
+                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation})
+        queues |= {step_queues.compress or queue, step_queues.evaluate or queue, step_queues.benchmark or queue,
+                   *escalation}
+        plans.append(mp)
+    return Plan(models=plans, schemes=schemes, suites=suites, profile=profile, hooks=hooks, queues=queues)
+
+
+def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], schemes: list[str], suites: list[str],
+                profile: str, compression: CompressionOptions, evaluation: EvaluationOptions,
+                benchmarking: BenchmarkOptions, step_queues: StepQueues, envelope: dict[str, Any]) -> ModelPlan:
+    q_compress = step_queues.compress or queue
+    q_eval = step_queues.evaluate or queue
+    q_bench = step_queues.benchmark or queue
+
+    def evaluate_for(m: ModelRef, suite: str) -> EvaluateSpec:
+        return EvaluateSpec(model=m, suite=suite, queue=q_eval, limit=evaluation.limit,
+                            batch_size=evaluation.batch_size, num_fewshot=evaluation.num_fewshot,
+                            backend=evaluation.backend, **envelope)
+
+    def bench_for(m: ModelRef) -> BenchmarkSpec:
+        return BenchmarkSpec(model=m, profile=profile, queue=q_bench, engine=benchmarking.engine,
+                             gpus=benchmarking.gpus, server_args=tuple(benchmarking.server_args),
+                             startup_timeout_s=benchmarking.startup_timeout_s, **envelope)
+
+    def compress_for(scheme: str) -> CompressSpec:
+        return CompressSpec(model=model, recipe=scheme, recipe_args=compression.recipe_args.get(scheme, {}),
+                            calibration=compression.calibration, num_samples=compression.num_samples,
+                            max_seq_length=compression.max_seq_length, queue=q_compress, **envelope)
+
+    return ModelPlan(
+        model=model, queue=queue, escalation=escalation,
+        base_evals={s: _spec("evaluation", partial(evaluate_for, model, s)) for s in suites},
+        base_bench=_spec("benchmarking", partial(bench_for, model)),
+        compress={s: _spec(f"schemes[{i}] ({s})", partial(compress_for, s)) for i, s in enumerate(schemes)})

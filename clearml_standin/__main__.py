@@ -1,0 +1,3 @@
+from clearml_standin.server import main
+
+main()

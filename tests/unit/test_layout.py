@@ -1,0 +1,127 @@
+"""The layout rules, read from the source text (nothing is imported): no import cycle among the
+product's modules, the stand-in imports nothing of the product and nothing of the product imports
+it, endpoint names only in the stand-in and the ClearML client package, ML libraries only in the
+core scripts, Prefect never in specs / standards / scripts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCT = ("automation", "clearml_standin", "flows", "deployments")
+ML_LIBRARIES = ("llmcompressor", "lm_eval", "guidellm", "torch", "transformers", "compressed_tensors", "vllm")
+WIRE = re.compile(r"""["'](tasks|events|models|queues|projects|workers|auth)\.[a-z_]+["']""")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for top in PRODUCT:
+        for f in (REPO / top).rglob("*.py"):
+            parts = list(f.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path, module: str) -> Iterator[str]:
+    """Every module name `path` imports (function-level imports included), resolved to absolute names."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            yield base
+            yield from (f"{base}.{a.name}" for a in node.names)
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, path in MODULES.items():
+        for target in _imports(path, module):
+            while target and target not in MODULES:
+                target = target.rsplit(".", 1)[0] if "." in target else ""
+            # a package __init__ handing on its own submodules is no cycle
+            if target and target != module and not (path.name == "__init__.py" and target.startswith(module + ".")):
+                graph[module].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_among_the_products_modules() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_the_stand_in_and_the_product_import_nothing_of_each_other() -> None:
+    graph = _graph()
+    for module, targets in graph.items():
+        if module.startswith("clearml_standin"):
+            assert all(t.startswith("clearml_standin") for t in targets), (module, targets)
+        else:
+            assert not any(t.startswith("clearml_standin") for t in targets), (module, targets)
+
+
+def test_endpoint_names_only_in_the_stand_in_and_the_client_package() -> None:
+    holders = sorted({str(p.relative_to(REPO)) for m, p in MODULES.items()
+                      if WIRE.search(p.read_text()) and not m.startswith(("clearml_standin", "automation.clearml"))})
+    assert holders == []
+
+
+def test_ml_libraries_only_in_the_core_scripts_and_prefect_never_there() -> None:
+    for module, path in MODULES.items():
+        roots = {t.split(".")[0] for t in _imports(path, module)}
+        if not module.startswith("automation.scripts"):
+            assert not roots & set(ML_LIBRARIES), (module, roots & set(ML_LIBRARIES))
+        if module.startswith(("automation.specs", "automation.standards", "automation.scripts",
+                              "automation.clearml", "automation.errors")):
+            assert "prefect" not in roots, module
+
+
+def test_the_graph_is_read() -> None:
+    """The checks above see real edges (a broken reader would make them pass on nothing)."""
+    graph = _graph()
+    assert "automation.specs.base" in graph["automation.specs.registry"]
+    assert "flows.bridge" in graph["flows.run"]
