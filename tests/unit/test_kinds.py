@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from automation.cli_task import parse_overrides, spec_from_cli, standards_app, task_app
+from automation.cli.task import parse_overrides, spec_from_cli, standards_app, task_app
 from automation.errors import SpecError
 from automation.results import TaskResult
 from automation.specs.base import TaskSpec, build

@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-run_app = typer.Typer(help="Run a flow now and print its report.", no_args_is_help=True)
-console = Console()
-if not console.is_terminal:  # logs and pipes: wide enough that the report tables do not wrap
-    console = Console(width=200)
-err_console = Console(stderr=True)
+from automation.cli.errors import CommandGroup, console, err_console
+
+run_app = CommandGroup(help="Run a flow now and print its report.", no_args_is_help=True)
 
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")]
 
@@ -73,25 +70,15 @@ async def _check(prepare: Any, parameters: dict[str, Any]) -> None:
 
 
 def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path | None) -> None:
-    from automation.errors import BackendError, FlowInputError, RunFailed
+    from automation.errors import RunFailed
     from automation.regression.report.console import render_console
     from automation.regression.report.format import write_json
 
-    try:
-        asyncio.run(_check(prepare, parameters))
-    except FlowInputError as exc:
-        err_console.print(f"[red]invalid input:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except BackendError as exc:
-        err_console.print(f"[red]ClearML server:[/red] {exc}")
-        raise typer.Exit(2) from None
+    asyncio.run(_check(prepare, parameters))  # bad input: one line, by the command group
     try:
         report = asyncio.run(flow_fn(**parameters))
         code = 0
-    except FlowInputError as exc:  # e.g. a queue deleted since the check
-        err_console.print(f"[red]invalid input:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except RunFailed as exc:
+    except RunFailed as exc:  # the report is still printed
         report, code = exc.report, 1
         err_console.print(f"[red]run failed:[/red] {exc}")
     console.print(render_console(report))

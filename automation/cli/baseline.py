@@ -6,7 +6,7 @@
 
 RUN is a report id (the ClearML summary task id) or the Prefect flow-run id that produced it. The
 server comes from CLEARML_* variables or clearml.conf (with the local stack: `source DIR/env`).
-Every failure is one line on stderr and exit code 1, never a traceback.
+Every failure is one line on stderr and an exit code (automation/cli/errors.py), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from automation.clearml.client import ClearMLBackend
-from automation.errors import BackendError, ClearMLConfigError
+from automation.cli.errors import CommandGroup, console
 
-baseline_app = typer.Typer(help="Accepted runs (baselines): list and show reports, promote a run.",
+baseline_app = CommandGroup(help="Accepted runs (baselines): list and show reports, promote a run.",
                            no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
 CLI_RETRY_S = 10.0  # a person is waiting: give up on a hung server quickly
 
@@ -47,8 +44,6 @@ def _default_user() -> str:
 
 def _run(work: Callable[[ClearMLBackend], Awaitable[T]]) -> T:
     """Run one registry operation against the configured server; errors become one stderr line."""
-    from automation.errors import RegistryError
-
     async def go() -> T:
         client = ClearMLBackend(retry_for_s=CLI_RETRY_S)
         try:
@@ -56,11 +51,7 @@ def _run(work: Callable[[ClearMLBackend], Awaitable[T]]) -> T:
         finally:
             await client.aclose()
 
-    try:
-        return asyncio.run(go())
-    except (ClearMLConfigError, BackendError, RegistryError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    return asyncio.run(go())
 
 
 @baseline_app.command("list")

@@ -19,13 +19,13 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-notify_app = typer.Typer(help="Webhook notifications (Slack-compatible) on failed runs and regressions.",
+from automation.cli.errors import CommandGroup, console, err_console
+from automation.errors import AutomationError
+
+notify_app = CommandGroup(help="Webhook notifications (Slack-compatible) on failed runs and regressions.",
                          no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
 
 NameOpt = Annotated[str, typer.Option("--name", help="Name of the webhook block; the automations are "
@@ -38,14 +38,11 @@ def _notify() -> None:
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
-    from automation.errors import NotifyError
-
     try:
         return asyncio.run(work)
-    except NotifyError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except Exception as exc:  # unreachable server, refused request, bad webhook...
+    except AutomationError:
+        raise  # one line, by the command group
+    except Exception as exc:  # unreachable Prefect server, refused request, bad webhook...
         err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
 

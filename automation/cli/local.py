@@ -1,4 +1,4 @@
-"""The `automation` console command."""
+"""`automation local ...` (the local stack: up, status, down) and `automation demo`."""
 
 from __future__ import annotations
 
@@ -8,35 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from automation.cli.errors import CommandGroup, console, err_console
 from automation.devstack.stack import LocalStack
-from automation.errors import StackError
 
-app = typer.Typer(help="LLM compression workflows: Prefect orchestration, ClearML execution.",
-                  no_args_is_help=True)
-local_app = typer.Typer(help="The local ClearML stand-in, its agents and its data directory.",
+local_app = CommandGroup(help="The local ClearML stand-in, its agents and its data directory.",
                         no_args_is_help=True)
-app.add_typer(local_app, name="local")
-from automation.cli_task import standards_app, task_app  # noqa: E402
 
-app.add_typer(task_app, name="task")
-app.add_typer(standards_app, name="standards")
-from automation.cli_baseline import baseline_app  # noqa: E402
-
-app.add_typer(baseline_app, name="baseline")
-from automation.cli_run import run_app  # noqa: E402
-
-app.add_typer(run_app, name="run")
-from automation.cli_notify import notify_app  # noqa: E402
-
-app.add_typer(notify_app, name="notify")
-
-console = Console()
-if not console.is_terminal:  # logs and pipes: no wrapping inside URLs and tables
-    console = Console(width=200)
-err_console = Console(stderr=True)
 
 DataDirOpt = Annotated[
     Path | None,
@@ -76,12 +55,8 @@ def local_up(
     """Start the stand-in, one clearml-agent per queue, a Prefect server and the served deployments;
     print the env to use them."""
     stack = LocalStack(data_dir)
-    try:
-        report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
-                          agents=not no_agents, prefect=not no_prefect)
-    except StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
+                      agents=not no_agents, prefect=not no_prefect)
     env_file = shlex.quote(str(stack.data.env_file))
     for key, value in report.env.items():
         if "SECRET" in key:
@@ -141,7 +116,6 @@ def local_status(
     console.print(table)
 
 
-@app.command("demo")
 def demo(
     data_dir: DataDirOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
@@ -152,11 +126,7 @@ def demo(
     from automation.devstack.demo import run_demo
 
     _exit_on_sigterm()
-    try:
-        outcome = run_demo(data_dir, json_out=json_out, refresh=refresh)
-    except StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    outcome = run_demo(data_dir, json_out=json_out, refresh=refresh)
     report = outcome.report
     console.print(f"\ndemo finished in {outcome.wall_s:.0f} s: report outcome [bold]{report.get('outcome', '?')}"
                   f"[/bold] over {len(report.get('cells', []))} cells")
@@ -181,6 +151,3 @@ def local_down(data_dir: DataDirOpt = None) -> None:
     stopped = LocalStack(data_dir).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
-
-if __name__ == "__main__":
-    app()

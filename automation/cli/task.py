@@ -23,17 +23,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
-from automation.errors import SpecError
+from automation.cli.errors import CommandGroup, console, err_console
+from automation.errors import AutomationError, SpecError
 from automation.specs.base import TaskSpec, _allows, _is_nested, build, decode_arg
 from automation.specs.registry import get_kind, kinds
 
-task_app = typer.Typer(help="Task kinds: list their fields, submit one as a ClearML task.", no_args_is_help=True)
-standards_app = typer.Typer(help="Named recipes, evaluation suites and benchmark profiles.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+task_app = CommandGroup(help="Task kinds: list their fields, submit one as a ClearML task.", no_args_is_help=True)
+standards_app = CommandGroup(help="Named recipes, evaluation suites and benchmark profiles.", no_args_is_help=True)
 
 
 @standards_app.callback()
@@ -74,11 +72,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def _kind(name: str) -> type[TaskSpec]:
-    try:
-        return get_kind(name)
-    except SpecError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    return get_kind(name)
 
 
 @task_app.command("kinds")
@@ -261,17 +255,15 @@ def task_submit(
             raise typer.Exit(2)
         loaded.pop("kind", None)
         base = loaded
-    try:
-        spec = spec_from_cli(kind, list(ctx.args), base)
-    except SpecError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    spec = spec_from_cli(kind, list(ctx.args), base)
     if dry_run:
         typer.echo(json.dumps({"kind": spec.kind, "identity": spec.identity(), **spec.model_dump(mode="json")},
                               indent=2))
         return
     try:
         out = asyncio.run(_submit(spec, wait))
+    except AutomationError:
+        raise  # one line, by the command group
     except Exception as exc:
         err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
