@@ -68,12 +68,9 @@ from automation.clearml.client import FLOW_RUN_TAG, QUEUE_TAG, TASK_RUN_TAG, Cle
 from automation.clearml.failures import FailureKind, classify
 from automation.errors import (
     TASK_ERRORS,
-    ApiCallError,
+    AutomationError,
     BackendError,
-    BackendUnavailable,
     OutOfMemoryError,
-    QueueNotFound,
-    ServerUnreachable,
     SpecError,
     TaskFailed,
     TaskTimeout,
@@ -252,14 +249,10 @@ async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     never raises, so nothing would ever be retried."""
     try:
         await state.aresult()
-    except TaskFailed as err:
-        return bool(err.retryable)
-    except (ServerUnreachable, QueueNotFound, ApiCallError):
-        return False  # bad configuration or a refused request: the same call fails again
-    except BackendUnavailable:
-        return True  # the server kept failing for longer than the backend's own retries
+    except AutomationError as err:
+        return bool(err.retryable)  # on the class (automation/errors.py); OOM: while a next queue exists
     except Exception:
-        return False  # code error, invalid spec, ...
+        return False  # a bug, not a condition worth retrying
     return False
 
 

@@ -1,4 +1,5 @@
-"""The joined accuracy x performance report: the data (rendering and publishing live in flows/report.py).
+"""The joined accuracy x performance report: the data (renderers: automation/regression/report/;
+Prefect artifacts: flows/publish.py).
 
 One `ReportCell` per (model, scheme, suite, profile); scheme "base" is the uncompressed model the
 others are compared with. JSON-serialisable, small, stable keys: it is what `--json` writes, what

@@ -234,7 +234,7 @@ class TaskSpec(BaseModel):
     base_packages: ClassVar[tuple[str, ...]] = ()
     # The ClearML task type the task is created with (ClearML's UI filters and icons use it).
     task_type: ClassVar[str] = "custom"
-    # Kind-specific submit hooks this kind takes (flows/hooks: each such hook leaves other kinds alone).
+    # Kind-specific submit hooks this kind takes (regression/hooks.py; other kinds are left alone).
     accepted_hooks: ClassVar[frozenset[str]] = frozenset()
     # Kind-specific fields that never reach the task's Args/configuration (rare).
     local_only: ClassVar[frozenset[str]] = frozenset()
