@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from automation.devstack.errors import StackError
+from automation.errors import StackError
 
 
 def ensure_tiny_model(target: Path, env: dict[str, str]) -> Path:
