@@ -23,21 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-import psutil
 
 from automation.clearml.client import FLOW_RUN_TAG
 from benchmarks.common import Outcome, Row, fmt
-from benchmarks.stack import ACTIVE, REPO, Bench, wait_for
+from benchmarks.stack import Bench
+from testing import REPO
+from testing.flows import deployment_id, serve, start_run
+from testing.processes import kill_task_process, stop_process_group
+from testing.stacks import ACTIVE
+from testing.waits import wait_for
 
 ENTRY_CHECK_S = 3.0
 SETTLE_S = 15.0  # how long the cancel drill watches that stopped tasks stay stopped (> the bridge's 10 s hold)
@@ -124,29 +124,6 @@ def faults_drill(bench: Bench, trials: int) -> dict[str, Any]:
 
 
 # -- cancel a deployment run ----------------------------------------------------------------------
-async def _deployment_id(name: str, server: subprocess.Popen[bytes], log: Path) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                return (await client.read_deployment_by_name(name)).id
-            except ObjectNotFound:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"deployment never appeared:\n{log.read_text()[-3000:]}") from None
-                await asyncio.sleep(0.5)
-
-
-async def _start_run(deployment_id: Any, salt: str) -> str:
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        run = await client.create_flow_run_from_deployment(deployment_id, parameters={"salt": salt, "n": 3})
-        return str(run.id)
-
-
 async def _cancel(flow_run_id: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
@@ -160,18 +137,16 @@ def cancel_drill(bench: Bench, trials: int) -> dict[str, Any]:
     env = bench.subprocess_env()
     name = f"hold-{bench.run_id}"
     log = bench.data_dir / f"serve-{name}.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "benchmarks.flows", "serve", name], cwd=REPO, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     seconds: list[float] = []
     before_cancel: list[list[str]] = []
     tags: list[str] = []
     late: list[dict[str, Any]] = []
     flickered: list[dict[str, Any]] = []
+    server = serve("benchmarks.flows", name, env, log)
     try:
-        deployment = asyncio.run(_deployment_id(f"bench-hold/{name}", server, log))
+        deployment = asyncio.run(deployment_id(f"bench-hold/{name}", server, log, timeout_s=90))
         for trial in range(trials):
-            flow_run_id = asyncio.run(_start_run(deployment, f"cancel-{bench.run_id}-{trial}"))
+            flow_run_id = asyncio.run(start_run(deployment, {"salt": f"cancel-{bench.run_id}-{trial}", "n": 3}))
             tag = f"{FLOW_RUN_TAG}{flow_run_id}"
             tags.append(tag)
 
@@ -216,14 +191,7 @@ def cancel_drill(bench: Bench, trials: int) -> dict[str, Any]:
                 bench.stop_active(tag)
             seconds.append(round(stopped_s, 2))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=5)
+        stop_process_group(server)
         for tag in tags:  # nothing of the drill may keep the agents busy
             bench.stop_active(tag)
     return {"seconds_to_stop_all": {"max": max(seconds), "p50": sorted(seconds)[len(seconds) // 2],
@@ -234,25 +202,6 @@ def cancel_drill(bench: Bench, trials: int) -> dict[str, Any]:
 
 
 # -- kill the agent's task process ----------------------------------------------------------------
-def kill_task_process(task_id: str) -> int:
-    """SIGKILL the agent's child that runs the task's core script (found by CLEARML_TASK_ID)."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if "-m automation.scripts.debug" not in cmd:
-                continue
-            if proc.environ().get("CLEARML_TASK_ID") != task_id:
-                continue
-            parent = proc.parent()
-            if parent is not None and "-m automation.scripts.debug" in " ".join(parent.cmdline()):
-                continue  # a helper the script forked; the script itself is its parent
-            proc.send_signal(signal.SIGKILL)
-            return int(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return 0
-
-
 def agent_kill_drill(bench: Bench, trials: int) -> dict[str, Any]:
     from benchmarks.flows import batch_specs, states_flow
 

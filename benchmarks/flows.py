@@ -9,7 +9,6 @@ orchestrator subprocess (SIGKILLed by the kill drill, measured by the footprint 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import Any, cast
 
@@ -19,20 +18,20 @@ from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
 from benchmarks.common import PROJECT
 from flows.bridge import BRIDGE_FLOW_HOOKS, run_task
-
-QUEUES = ("gpu", "cpu")
+from testing import flows as harness
+from testing.flows import flow_cli, print_results, run_all
+from testing.stacks import AGENT_QUEUES
 
 
 def batch_specs(salt: str, n: int, sleep_s: float = 2.0, steps: int = 2, **fields: Any) -> list[DebugSpec]:
-    """`n` distinct debug specs spread over both agent queues."""
-    return [DebugSpec(project=PROJECT, queue=QUEUES[i % len(QUEUES)], sleep_s=sleep_s, steps=steps,
-                      value=float(i + 1), salt=f"{salt}-{i}", **fields) for i in range(n)]
+    """`n` distinct debug specs spread over both agent queues, in the benchmarks' project."""
+    return harness.batch_specs(salt, n, sleep_s=sleep_s, steps=steps, project=PROJECT, **fields)
 
 
 @flow(name="bench-batch", **BRIDGE_FLOW_HOOKS)
 async def batch_flow(specs: list[DebugSpec]) -> list[TaskResult]:
     """Await every spec concurrently (a sweep's shape)."""
-    return list(await asyncio.gather(*[run_task(s) for s in specs]))
+    return await run_all(specs)
 
 
 @flow(name="bench-states", **BRIDGE_FLOW_HOOKS)
@@ -45,15 +44,14 @@ async def states_flow(specs: list[DebugSpec]) -> dict[str, Any]:
 @flow(name="bench-hold", **BRIDGE_FLOW_HOOKS)
 async def hold_flow(salt: str, n: int = 3, sleep_s: float = 300.0) -> list[TaskResult]:
     """Long tasks on both queues (more than the agents run at once: some stay queued)."""
-    return list(await asyncio.gather(*[run_task(s) for s in batch_specs(salt, n, sleep_s=sleep_s)]))
+    return await run_all(batch_specs(salt, n, sleep_s=sleep_s))
 
 
 @flow(name="bench-await", **BRIDGE_FLOW_HOOKS)
 async def await_flow(queue: str, n: int, salt: str, tag: str) -> list[TaskResult]:
     """One flow run awaiting `n` tasks parked on a queue no agent serves (footprint)."""
-    specs = [DebugSpec(project=PROJECT, queue=queue, sleep_s=3600.0, steps=1, salt=f"{salt}-{i}", tags=(tag,))
-             for i in range(n)]
-    return list(await asyncio.gather(*[run_task(s) for s in specs]))
+    return await run_all([DebugSpec(project=PROJECT, queue=queue, sleep_s=3600.0, steps=1, salt=f"{salt}-{i}",
+                                    tags=(tag,)) for i in range(n)])
 
 
 @flow(name="bench-handoff", **BRIDGE_FLOW_HOOKS)
@@ -62,7 +60,7 @@ async def handoff_flow(salt: str, chains: int, sleep_s: float = 1.0) -> list[tup
     result, so it can only be submitted once the upstream task has finished."""
 
     async def chain(i: int) -> tuple[TaskResult, TaskResult]:
-        queue = QUEUES[i % len(QUEUES)]
+        queue = AGENT_QUEUES[i % len(AGENT_QUEUES)]
         up = await run_task(DebugSpec(project=PROJECT, queue=queue, sleep_s=sleep_s, steps=1, value=float(i),
                                       salt=f"{salt}-up-{i}"))
         down = await run_task(DebugSpec(project=PROJECT, queue=queue, sleep_s=0.1, steps=1,
@@ -72,17 +70,16 @@ async def handoff_flow(salt: str, chains: int, sleep_s: float = 1.0) -> list[tup
     return list(await asyncio.gather(*(chain(i) for i in range(chains))))
 
 
+def _run(salt: str, n: int, sleep_s: float) -> None:
+    print_results(asyncio.run(batch_flow(batch_specs(salt, n, sleep_s=sleep_s))))
+
+
+def _await(queue: str, n: str, salt: str, tag: str) -> None:
+    asyncio.run(await_flow(queue, int(n), salt, tag))
+
+
 def main(argv: list[str]) -> None:
-    if argv[0] == "serve":
-        hold_flow.serve(name=argv[1], print_starting_message=True)
-    elif argv[0] == "run":
-        salt, n, sleep_s = argv[1], int(argv[2]), float(argv[3])
-        out = asyncio.run(batch_flow(batch_specs(salt, n, sleep_s=sleep_s)))
-        print("RESULTS " + json.dumps([r.model_dump(mode="json") for r in out]), flush=True)
-    elif argv[0] == "await":
-        asyncio.run(await_flow(argv[1], int(argv[2]), argv[3], argv[4]))
-    else:
-        raise SystemExit(f"unknown command {argv[0]!r}")
+    flow_cli(argv, hold=hold_flow, run=_run, **{"await": _await})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from typing import Any
 import psutil
 
 from benchmarks.common import Outcome, Row, fmt
-from benchmarks.stack import REPO, Bench, wait_for
+from benchmarks.stack import Bench
+from testing import REPO
+from testing.waits import wait_for
 
 
 def run(bench: Bench) -> Outcome:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from automation.specs.base import TaskSpec
-from benchmarks.stack import REPO
+from testing import REPO
 
 # What each agent's task process gets on 2 cores with 2 agents: one thread, offline hub.
 ML_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from automation.clearml.admin import AdminClient
 from automation.devstack.stack import LocalStack
+from testing import REPO
 from testing.prefect_server import PrefectServer
 from testing.prefect_server import start_prefect_server as _start_prefect_server
-from testing.roundtrip import AGENT_ENDPOINTS
+from testing.processes import OFFLINE, child_env
+from testing.stacks import ACTIVE, admin_client, set_faults, standin_stats, start_stack
 
-REPO = Path(__file__).resolve().parents[1]
-AGENT_QUEUES = ("gpu", "cpu")
-# Endpoints the idle agents call on their own (queue polling, worker reports): left out of every
-# count of "calls made by the orchestrator / the SDK client under test".
-ACTIVE = frozenset({"created", "queued", "in_progress"})
 PREFECT_START_TIMEOUT_S = 120.0
 
 
@@ -60,13 +54,10 @@ class Bench:
         return self.env["CLEARML_API_HOST"]
 
     def stats(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in httpx.get(f"{self.api_url}/_standin/stats", timeout=10)
-                .json()["calls"].items()}
+        return {str(k): int(v) for k, v in standin_stats(self.api_url)["calls"].items()}
 
     def faults(self, **settings: Any) -> dict[str, Any]:
-        res = httpx.post(f"{self.api_url}/_standin/faults", json=settings, timeout=10)
-        res.raise_for_status()
-        return dict(res.json())
+        return set_faults(self.api_url, **settings)
 
     # -- queries --------------------------------------------------------------------------
     def by_tag(self, tag: str, fields: Iterable[str] = ("id", "status", "tags")) -> list[dict[str, Any]]:
@@ -85,22 +76,16 @@ class Bench:
 
     def stop_active(self, tag: str) -> int:
         """Stop (or dequeue) every still-active task with `tag`: benchmarks clean up after themselves."""
-        stopped = 0
-        for t in self.api.call("tasks.get_all", {"tags": [tag], "status": sorted(ACTIVE), "search_hidden": True,
-                                                 "only_fields": ["id", "status"], "page_size": 500,
-                                                 "page": 0})["tasks"]:
-            with contextlib.suppress(Exception):
-                if t["status"] == "queued":
-                    self.api.call("tasks.dequeue", {"task": t["id"]})
-                self.api.call("tasks.stopped", {"task": t["id"], "force": True, "status_reason": "benchmark cleanup"})
-                stopped += 1
-        return stopped
+        return self._stop_active({"tags": [tag]}, page_size=500)
 
     def stop_everything_active(self) -> int:
         """Between benchmarks: no task of an earlier one may keep an agent busy (this stack is ours)."""
+        return self._stop_active({}, page_size=1000)
+
+    def _stop_active(self, query: dict[str, Any], page_size: int) -> int:
         stopped = 0
-        for t in self.api.call("tasks.get_all", {"status": sorted(ACTIVE), "search_hidden": True,
-                                                 "only_fields": ["id", "status"], "page_size": 1000,
+        for t in self.api.call("tasks.get_all", {**query, "status": sorted(ACTIVE), "search_hidden": True,
+                                                 "only_fields": ["id", "status"], "page_size": page_size,
                                                  "page": 0})["tasks"]:
             with contextlib.suppress(Exception):
                 if t["status"] == "queued":
@@ -110,10 +95,7 @@ class Bench:
         return stopped
 
     def subprocess_env(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
-        if self.prefect is not None:
-            env.update(self.prefect.env)
-        return env
+        return child_env(self.env, *([self.prefect.env] if self.prefect is not None else []), **extra)
 
     def note(self, bench: str, text: str) -> None:
         self.notes.setdefault(bench, []).append(text)
@@ -132,11 +114,9 @@ def open_bench(data_dir: Path, quick: bool, need_prefect: bool) -> Bench:
     home.mkdir(exist_ok=True)
     os.environ["HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                       ("GUIDELLM__MAX_WORKER_PROCESSES", "1")):
+    for key, value in {**OFFLINE, "GUIDELLM__MAX_WORKER_PROCESSES": "1"}.items():
         os.environ.setdefault(key, value)  # inherited by the agents and their task processes
     prefect: PrefectServer | None = None
-    stack = LocalStack(data_dir / "stack")
     try:
         if need_prefect:
             prefect = start_prefect_server(data_dir / "prefect")
@@ -144,28 +124,14 @@ def open_bench(data_dir: Path, quick: bool, need_prefect: bool) -> Bench:
         else:
             # No Prefect server: nothing in this process may start an ephemeral one by accident.
             os.environ["PREFECT_HOME"] = str(data_dir / "prefect")
-        report = stack.up(queues=list(AGENT_QUEUES), allow_faults=True)
+        handle = start_stack(data_dir / "stack")
     except BaseException:
         if prefect is not None:
             prefect.stop()
-        stack.down()
         raise
-    os.environ.update(report.env)
-    env = report.env
-    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"],
-                        timeout=60)
-    return Bench(data_dir=data_dir, quick=quick, stack=stack, env=env, api=api, prefect=prefect)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
+    os.environ.update(handle.env)
+    return Bench(data_dir=data_dir, quick=quick, stack=handle.stack, env=handle.env,
+                 api=admin_client(handle.env, timeout=60), prefect=prefect)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -175,9 +141,3 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), int(-(-pct * len(ordered) // 100))))
     return ordered[rank - 1]
-
-
-def diff_calls(before: dict[str, int], after: dict[str, int], exclude: frozenset[str] = AGENT_ENDPOINTS
-               ) -> dict[str, int]:
-    out = {k: after.get(k, 0) - before.get(k, 0) for k in after if k not in exclude}
-    return {k: v for k, v in out.items() if v}

@@ -301,12 +301,3 @@ def shared_poller() -> StatusPoller:
         if _POLLER is None:
             _POLLER = StatusPoller(entry_check_s=float(os.environ.get("AUTOMATION_QUEUE_ENTRY_CHECK_S", "30")))
         return _POLLER
-
-
-def reset_shared_poller() -> None:
-    """Tests and long-lived processes that switch servers: drop the current poller."""
-    global _POLLER
-    with _POLLER_LOCK:
-        if _POLLER is not None:
-            _POLLER.stop()
-        _POLLER = None

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from testing.processes import environment, stop_process_group
 
 START_TIMEOUT_S = 90.0
 
@@ -34,14 +36,7 @@ class PrefectServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after 15 s."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_process_group(self.proc, term_wait_s=15.0)
 
 
 def free_port() -> int:
@@ -91,3 +86,21 @@ def start_prefect_server(home: Path, cwd: Path, logging_level: str = "INFO",
             server.stop()
             raise RuntimeError(f"prefect server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def pointed_at(server: PrefectServer) -> Iterator[PrefectServer]:
+    """This process pointed at `server` for the block: its environment (inherited by subprocesses:
+    served deployments, orchestrators) and Prefect's settings in this process; both put back after."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    with environment(server.env), temporary_settings(updates={
+            PREFECT_API_URL: server.api_url, PREFECT_HOME: server.home, PREFECT_UI_URL: server.env["PREFECT_UI_URL"],
+            PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        yield server

@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
+from testing import REPO
+from testing.stacks import standin_stats
 
-HELLO_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hello.py"
+HELLO_SCRIPT = REPO / "automation" / "scripts" / "hello.py"
 TERMINAL = {"completed", "failed", "stopped", "closed", "published"}
 # What idle agents call whatever happens (queue polls, worker reports): not part of a round trip.
 AGENT_ENDPOINTS = frozenset({"queues.get_next_task", "workers.register", "workers.unregister",
@@ -40,16 +40,12 @@ class DemoResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-def _stats(api_url: str) -> dict[str, Any]:
-    return dict(httpx.get(f"{api_url}/_standin/stats", timeout=10).json())
-
-
 def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0) -> DemoResult:
     """One create -> run -> read round trip with the real SDK against the stack in env."""
     os.environ.update(env)
     from clearml import Task  # after the env is set: the SDK reads its config once
 
-    before = _stats(env["CLEARML_API_HOST"])["calls"]
+    before = standin_stats(env["CLEARML_API_HOST"])["calls"]
     started = time.monotonic()
     task: Any = Task.create(
         project_name="automation-demo",
@@ -63,7 +59,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     task.set_parameters({"Args/greeting": "hello", "Args/steps": 5})
     task.set_configuration_object("demo", config_text='demo { source = "automation demo", seed = 7 }')
     Task.enqueue(task, queue_name=queue)
-    enqueued = _stats(env["CLEARML_API_HOST"])["calls"]
+    enqueued = standin_stats(env["CLEARML_API_HOST"])["calls"]
     deadline = time.monotonic() + timeout_s
     status = str(task.get_status())
     polls = 1
@@ -75,7 +71,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
         time.sleep(0.5)
         status = str(task.get_status())
         polls += 1
-    finished = _stats(env["CLEARML_API_HOST"])["calls"]
+    finished = standin_stats(env["CLEARML_API_HOST"])["calls"]
     task.reload()
 
     scalars: dict[str, dict[str, float]] = {}
@@ -87,7 +83,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     log_tail = [line for chunk in task.get_reported_console_output(number_of_reports=3)
                 for line in str(chunk).splitlines() if line.strip()][-8:]
     wall = time.monotonic() - started
-    after = _stats(env["CLEARML_API_HOST"])["calls"]
+    after = standin_stats(env["CLEARML_API_HOST"])["calls"]
     by_endpoint = _diff(before, after)
     return DemoResult(
         task_id=task.id,

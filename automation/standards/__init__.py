@@ -314,10 +314,6 @@ def profile_content(profile: Profile) -> dict[str, Any]:
     return profile.model_dump(mode="json", exclude={"description"})
 
 
-def suite_names() -> list[str]:
-    return names("suite")
-
-
 def suite_dir(name: str) -> Path:
     """Directory of lm-eval task YAMLs of a named suite with local tasks (lm-eval's `include_path`)."""
     include = load_suite(name).include_dir()
@@ -421,10 +417,6 @@ def load_profile_model(value: str) -> Profile:
         return Profile.model_validate(data)
     except ValidationError as exc:
         raise _validation("profile", name, exc) from exc
-
-
-def profile_names() -> list[str]:
-    return names("profile")
 
 
 def load_profile(name: str) -> dict[str, Any]:

@@ -14,15 +14,12 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import jinja2
 import yaml
 
 from automation.errors import RecipeError
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 # model_type (config.json) -> SmoothQuant family key used by the w8a8 template.
 MODEL_TYPE_FAMILIES = {
@@ -56,10 +53,6 @@ class RecipeTemplate:
     template: str
     # False for data-free schemes (FP8_DYNAMIC): the core script then skips calibration data.
     needs_calibration: bool = True
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 # Parsing and rendering are pure functions of the text; specs call them for every identity(),

@@ -244,8 +244,3 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, (int, float)):
         return (1, value)
     return (2, str(value))
-
-
-def scroll_response(docs: list[Doc], body: Doc) -> Doc:
-    """Extra fields clearml-server returns with scrolled listings (harmless when unused)."""
-    return {"scroll_id": body.get("scroll_id") or new_id()} if body.get("scroll_id") is not None else {}

@@ -25,23 +25,22 @@ from automation.clearml.admin import AdminClient
 from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
 from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
 from automation.regression.report_model import Report
-from tests.conftest import StackHandle
-from tests.prefect_server import PrefectServer
+from testing import REPO
+from testing.prefect_server import PrefectServer
+from testing.processes import OFFLINE
+from testing.stacks import StackHandle, admin_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]  # the first run does the ML work
 
-REPO = Path(__file__).resolve().parents[2]
 DAMAGING = Path(__file__).parent / "recipes" / "w2_per_tensor.yaml"
 RUN = uuid.uuid4().hex[:6]
 PROJECT = f"e2e-flows-{RUN}"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 OBSERVE = [r.model_copy(update={"gating": False}) for r in DEFAULT_PERFORMANCE_RULES]
 
 
 @pytest.fixture(scope="module")
 def api(local_stack: StackHandle) -> AdminClient:
-    env = local_stack.env
-    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return admin_client(local_stack.env)
 
 
 @pytest.fixture(scope="module")

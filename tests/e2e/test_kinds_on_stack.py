@@ -27,7 +27,7 @@ from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
 from automation.specs.model_ref import ModelRef
-from tests.conftest import StackHandle
+from testing.stacks import StackHandle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,7 +21,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,10 +37,12 @@ import pytest
 from automation.clearml.admin import AdminClient
 from automation.clearml.client import FLOW_RUN_TAG
 from flows.publish import artifact_key
+from testing import REPO
 from testing.prefect_server import start_prefect_server
-from tests.conftest import StackHandle
+from testing.processes import OFFLINE, child_env, stop_process_group
+from testing.stacks import ACTIVE, StackHandle, admin_client
+from testing.waits import wait_for
 from tests.e2e.ui_flows import FLOW_NAME
-from tests.helpers import wait_for
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("AUTOMATION_CHROMIUM", "/usr/bin/chromium"))
 # FACTS.md "Browsers": what runs here (Playwright adds --headless itself; the profile is a new empty
 # directory, given as launch_persistent_context's user_data_dir)
@@ -77,9 +77,7 @@ RUN = uuid.uuid4().hex[:6]
 DEPLOYMENT = f"ui-{RUN}"
 PROJECT = f"e2e-ui-{RUN}"
 SERIES = f"e2e-ui-{RUN}"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-ACTIVE = {"created", "queued", "in_progress"}
 UI_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_S = 1500.0
 CANCEL_DEADLINE_S = 30.0
@@ -123,17 +121,6 @@ class UiServer:
 
     def state(self, flow_run_id: str) -> str:
         return str((self.flow_run(flow_run_id).get("state") or {}).get("type"))
-
-
-def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def form_property(page: Page, label: str) -> Locator:
@@ -193,8 +180,7 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(ui_server: UiServer, local_stack: StackHandle, tiny_model: Path) -> Iterator[Deployment]:
     """`compress_evaluate_benchmark` served (tests/e2e/ui_flows.py) with the tiny model's defaults."""
-    env = {**os.environ, **local_stack.env, **ui_server.env, **OFFLINE, "PYTHONPATH": str(REPO),
-           "PYTHONUNBUFFERED": "1"}
+    env = child_env(local_stack.env, ui_server.env, OFFLINE)
     log = ui_server.log.with_name(f"serve-{DEPLOYMENT}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.ui_flows", "serve", DEPLOYMENT, str(tiny_model),
@@ -237,8 +223,7 @@ def page(chromium: Path) -> Iterator[Page]:
 
 @pytest.fixture(scope="module")
 def clearml(local_stack: StackHandle) -> AdminClient:
-    env = local_stack.env
-    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return admin_client(local_stack.env)
 
 
 # -- the UI steps ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ subprocess that a test SIGKILLs.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import Any, cast
 
@@ -17,14 +16,7 @@ from prefect import flow
 from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
 from flows.bridge import BRIDGE_FLOW_HOOKS, backend, run_task
-
-QUEUES = ("gpu", "cpu")
-
-
-def batch_specs(salt: str, n: int, sleep_s: float = 2.0, **fields: Any) -> list[DebugSpec]:
-    """`n` distinct debug specs spread over both queues."""
-    return [DebugSpec(queue=QUEUES[i % len(QUEUES)], sleep_s=sleep_s, steps=2, value=float(i + 1),
-                      salt=f"{salt}-{i}", **fields) for i in range(n)]
+from testing.flows import batch_specs, flow_cli, print_results, run_all
 
 
 @flow(name="bridge-batch", **BRIDGE_FLOW_HOOKS)
@@ -32,8 +24,8 @@ async def batch_flow(specs: list[DebugSpec]) -> dict[str, Any]:
     """Await every spec concurrently; also hand back this run's API calls by endpoint and its id."""
     from prefect.runtime import flow_run
 
-    results = await asyncio.gather(*[run_task(s) for s in specs])
-    return {"results": list(results), "calls": dict(backend().endpoint_calls), "flow_run_id": str(flow_run.id)}
+    results = await run_all(specs)
+    return {"results": results, "calls": dict(backend().endpoint_calls), "flow_run_id": str(flow_run.id)}
 
 
 @flow(name="bridge-timeout", **BRIDGE_FLOW_HOOKS)
@@ -53,19 +45,17 @@ async def one_flow(spec: DebugSpec) -> dict[str, Any]:
 @flow(name="bridge-hold", **BRIDGE_FLOW_HOOKS)
 async def hold_flow(salt: str, n: int = 3, sleep_s: float = 300.0) -> list[TaskResult]:
     """Long tasks on both queues (more than the agents can run at once: some stay queued)."""
-    return list(await asyncio.gather(*[run_task(s) for s in batch_specs(salt, n, sleep_s=sleep_s)]))
+    return await run_all(batch_specs(salt, n, sleep_s=sleep_s))
+
+
+def _run(salt: str, n: int, sleep_s: float) -> None:
+    out = asyncio.run(batch_flow(batch_specs(salt, n, sleep_s=sleep_s)))
+    print(f"FLOW_RUN {out['flow_run_id']}", flush=True)
+    print_results(out["results"])
 
 
 def main(argv: list[str]) -> None:
-    if argv[0] == "serve":
-        hold_flow.serve(name=argv[1], print_starting_message=True)
-    elif argv[0] == "run":
-        salt, n, sleep_s = argv[1], int(argv[2]), float(argv[3])
-        out = asyncio.run(batch_flow(batch_specs(salt, n, sleep_s=sleep_s)))
-        print(f"FLOW_RUN {out['flow_run_id']}", flush=True)
-        print("RESULTS " + json.dumps([r.model_dump(mode="json") for r in out["results"]]), flush=True)
-    else:
-        raise SystemExit(f"unknown command {argv[0]!r}")
+    flow_cli(argv, hold=hold_flow, run=_run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import REPO
+from testing import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,9 +11,7 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,8 +21,6 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
-import psutil
 import pytest
 
 from automation.clearml.admin import AdminClient
@@ -34,22 +30,23 @@ from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
 from flows.bridge import DUPLICATE_REASON, QUEUE_LIMIT_PREFIX, ensure_queue_limits, execute, stop_flow_run_tasks
 from flows.poller import shared_poller
-from tests.conftest import StackHandle
-from tests.helpers import wait_for
-from tests.integration.bridge_flows import batch_flow, batch_specs, one_flow, timeout_flow
-from tests.integration.conftest import REPO, PrefectServer
+from testing import REPO
+from testing.flows import batch_specs, deployment_id, serve, start_run
+from testing.prefect_server import PrefectServer
+from testing.processes import child_env, kill_task_process, stop_process_group
+from testing.stacks import ACTIVE, StackHandle, admin_client
+from testing.waits import wait_for
+from tests.integration.bridge_flows import batch_flow, one_flow, timeout_flow
 
 pytestmark = pytest.mark.integration
 
 RUN = uuid.uuid4().hex[:6]  # keeps identities of this session apart from any earlier one
-ACTIVE = {"created", "queued", "in_progress"}
 
 
 # -- helpers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def api(local_stack: StackHandle) -> AdminClient:
-    env = local_stack.env
-    return AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    return admin_client(local_stack.env)
 
 
 @pytest.fixture
@@ -106,29 +103,6 @@ async def _task_run(task_run_id: Any) -> Any:
 
 def task_run_count(state: Any) -> int:
     return int(asyncio.run(_task_run(state.state_details.task_run_id)).run_count)
-
-
-def subprocess_env(prefect_server: PrefectServer) -> dict[str, str]:
-    return {**os.environ, **prefect_server.env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def kill_task_process(task_id: str) -> int:
-    """SIGKILL the agent's child that runs the task's core script (found by CLEARML_TASK_ID)."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if "-m automation.scripts.debug" not in cmd:
-                continue
-            if proc.environ().get("CLEARML_TASK_ID") != task_id:
-                continue
-            parent = proc.parent()
-            if parent is not None and "-m automation.scripts.debug" in " ".join(parent.cmdline()):
-                continue  # a helper the script forked; the script itself is its parent
-            proc.send_signal(signal.SIGKILL)
-            return int(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return 0
 
 
 # -- 1. happy path, measurements, Prefect side ------------------------------------------------
@@ -378,15 +352,10 @@ async def _limit_names() -> list[str]:
 # -- 7. transient faults ----------------------------------------------------------------------
 @pytest.fixture
 def faults(stack: StackHandle) -> Iterator[Callable[..., dict[str, Any]]]:
-    def switch(**settings: Any) -> dict[str, Any]:
-        res = httpx.post(f"{stack.api_url}/_standin/faults", json=settings, timeout=10)
-        res.raise_for_status()
-        return dict(res.json())
-
     try:
-        yield switch
+        yield stack.faults
     finally:
-        switch(rate=0.0)
+        stack.faults(rate=0.0)
 
 
 def test_transient_faults_lose_and_duplicate_nothing(stack: StackHandle, api: AdminClient,
@@ -554,7 +523,7 @@ def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api:
     salt, n = f"crash-{RUN}", 3
     specs = batch_specs(salt, n, sleep_s=4.0)
     argv = [sys.executable, "-m", "tests.integration.bridge_flows", "run", salt, str(n), "4.0"]
-    env = subprocess_env(prefect_server)
+    env = child_env(prefect_server.env)
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for("every task created and one running",
@@ -595,14 +564,13 @@ def test_sigkilled_orchestrator_rerun_has_no_duplicates(stack: StackHandle, api:
 # -- 5. cancel a deployment run from the CLI ---------------------------------------------------
 def test_cli_cancel_stops_every_task_of_the_run(stack: StackHandle, api: AdminClient,
                                                 prefect_server: PrefectServer) -> None:
-    env = subprocess_env(prefect_server)
+    env = child_env(prefect_server.env)
     name = f"hold-{RUN}"
     log = prefect_server.home / f"serve-{name}.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "tests.integration.bridge_flows", "serve", name],
-                                  cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = serve("tests.integration.bridge_flows", name, env, log)
     try:
-        flow_run_id = asyncio.run(_start_deployment_run(f"bridge-hold/{name}", f"cancel-{RUN}", server, log))
+        deployment = asyncio.run(deployment_id(f"bridge-hold/{name}", server, log))
+        flow_run_id = asyncio.run(start_run(deployment, {"salt": f"cancel-{RUN}", "n": 3}))
         tag = f"{FLOW_RUN_TAG}{flow_run_id}"
 
         def all_submitted() -> bool:
@@ -631,26 +599,4 @@ def test_cli_cancel_stops_every_task_of_the_run(stack: StackHandle, api: AdminCl
         after = by_tag(api, tag)
         assert all(t["status"] not in ACTIVE for t in after), after
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-
-
-async def _start_deployment_run(deployment: str, salt: str, server: subprocess.Popen[bytes], log: Any) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                dep = await client.read_deployment_by_name(deployment)
-                break
-            except ObjectNotFound:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"deployment never appeared:\n{log.read_text()[-3000:]}") from None
-                await asyncio.sleep(0.5)
-        run = await client.create_flow_run_from_deployment(dep.id, parameters={"salt": salt, "n": 3})
-        return str(run.id)
+        stop_process_group(server)

@@ -29,14 +29,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import StackHandle
-from tests.helpers import wait_for
-from tests.integration.conftest import REPO, PrefectServer
+from testing import REPO
+from testing.prefect_server import PrefectServer
+from testing.processes import OFFLINE, child_env
+from testing.stacks import StackHandle
+from testing.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
 RUN = uuid.uuid4().hex[:6]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 NIGHTLY = "nightly-regression/nightly"
 CEB = "compress-evaluate-benchmark/compress-evaluate-benchmark"
 
@@ -51,7 +52,7 @@ def tiny(tiny_model: Path) -> Path:
 @pytest.fixture(scope="module")
 def served(local_stack: StackHandle, prefect_server: PrefectServer, tiny: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m deployments.serve` with the local-stack defaults, the nightly every 15 s from now."""
-    env = {**os.environ, **prefect_server.env, **OFFLINE, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = child_env(prefect_server.env, OFFLINE)
     log = prefect_server.home / f"serve-deployments-{RUN}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "deployments.serve", "--tiny-model", str(tiny),

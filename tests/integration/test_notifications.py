@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from automation.cli import app
 from flows.events import emit_regression, emit_task_event
-from tests.conftest import StackHandle
-from tests.prefect_server import PrefectServer
+from testing.prefect_server import PrefectServer
+from testing.stacks import StackHandle
 from tests.report_samples import sample_report
 
 pytestmark = pytest.mark.integration

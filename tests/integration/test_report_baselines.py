@@ -37,8 +37,8 @@ from automation.regression.baselines import (
 from automation.regression.report.clearml import publish_clearml
 from automation.regression.report_model import Report
 from flows.publish import publish_prefect
-from tests.conftest import StackHandle
-from tests.integration.conftest import PrefectServer
+from testing.prefect_server import PrefectServer
+from testing.stacks import StackHandle
 from tests.report_samples import sample_report
 
 pytestmark = pytest.mark.integration

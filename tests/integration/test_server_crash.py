@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from automation.devstack import procs
-from tests.conftest import StackHandle
+from testing.stacks import StackHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,6 +23,7 @@ from automation.clearml.admin import AdminClient
 from automation.devstack import procs
 from automation.devstack.layout import DataDir
 from automation.devstack.stack import LocalStack
+from testing.stacks import admin_client
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +165,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     assert info.get("workers"), info
 
     env = _stack_env(data, session_home)
-    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    api = admin_client(env)
     project_id = api.call("projects.create", {"name": "lifecycle-check"})["id"]
     files = env["CLEARML_FILES_HOST"]
     assert httpx.post(f"{files}/lifecycle/", files={"kept/blob.bin": ("blob.bin", BLOB)}, timeout=10).status_code == 200
@@ -198,7 +199,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     assert third.returncode == 0, third.stderr
     assert "started: server, agent-q1" in third.stderr
     assert third.stdout == first.stdout  # same ports, same credentials
-    api = AdminClient(env["CLEARML_API_HOST"], env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"])
+    api = admin_client(env)
     projects = api.call("projects.get_all", {"name": "^lifecycle-check$"})["projects"]
     assert [p["id"] for p in projects] == [project_id]
     assert httpx.get(f"{files}/lifecycle/kept/blob.bin", timeout=10).content == BLOB

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import StackHandle
+from testing.stacks import StackHandle
 
 pytestmark = pytest.mark.integration
 

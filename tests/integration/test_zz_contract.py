@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from automation.devstack import procs
-from tests.conftest import StackHandle
+from testing.stacks import StackHandle
 
 pytestmark = pytest.mark.integration
 
