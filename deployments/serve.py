@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from automation.devstack.defaults import local_parameters
+
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.schedules import Schedule
@@ -34,30 +36,6 @@ NIGHTLY_TIMEZONE = "Europe/Berlin"
 TAGS = ["llm-automation"]
 # What the nightly's schedule adds to every run it creates (schedule-level parameters).
 NIGHTLY_SCHEDULE_PARAMETERS: dict[str, Any] = {"series": "nightly", "fail_on": "regression"}
-
-
-def _observe_performance() -> list[dict[str, Any]]:
-    """The default performance rules, reported but not gating: CPU timings of a tiny model are noise."""
-    from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
-
-    return [r.model_copy(update={"gating": False}).model_dump(mode="json") for r in DEFAULT_PERFORMANCE_RULES]
-
-
-def local_parameters(tiny_model: Path) -> dict[str, dict[str, Any]]:
-    """Defaults of each deployment on the local stack: the tiny model, the `tiny` suite, the `smoke`
-    profile, the built-in calibration set, queues `gpu` and `cpu` (what `automation demo` runs)."""
-    compression = {"calibration": "tiny", "num_samples": 16, "max_seq_length": 64}
-    common = {"profile": "smoke", "compression": compression, "benchmarking": {"startup_timeout_s": 180},
-              "performance_rules": _observe_performance()}
-    matrix = {"models": [str(tiny_model)], "schemes": ["w4a16"], "suites": ["tiny"],
-              "step_queues": {"evaluate": "cpu"}, **common}
-    return {
-        "compress-evaluate-benchmark": {"model": str(tiny_model), "schemes": ["w4a16", "fp8_dynamic"],
-                                        "suite": "tiny", "queue": "gpu", "step_queues": {"evaluate": "cpu"},
-                                        **common},
-        "sweep": dict(matrix),
-        "nightly": {**matrix, "series": "nightly-manual", "fail_on": "error"},
-    }
 
 
 def production_parameters() -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from automation.devstack.defaults import local_parameters
 from automation.devstack.stack import LocalStack
 from automation.devstack.tiny_model import ensure_tiny_model
 
@@ -39,6 +40,20 @@ class DemoOutcome:
     exit_code: int
     prefect_home: str | None
     web_url: str
+
+
+def demo_parameters(tiny: Path, refresh: bool = False) -> dict[str, Any]:
+    """The local deployment's defaults (automation/devstack/defaults.py), in a project of its own."""
+    return {**local_parameters(tiny)["compress-evaluate-benchmark"], "project": "automation-demo", "series": "demo",
+            **({"refresh": True} if refresh else {})}
+
+
+def demo_arguments(tiny: Path, refresh: bool = False) -> list[str]:
+    """The `automation run compress-evaluate-benchmark` options that give the flow those parameters."""
+    from automation.cli.flow_options import cli_arguments
+    from flows.compress_evaluate_benchmark import compress_evaluate_benchmark
+
+    return cli_arguments(compress_evaluate_benchmark.fn, demo_parameters(tiny, refresh))
 
 
 def demo_env(stack_env: dict[str, str], data_dir: Path) -> dict[str, str]:
@@ -71,14 +86,7 @@ def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh
         out = json_out or (stack.data.root / "reports" / "demo-report.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "automation.cli", "run", "compress-evaluate-benchmark",
-                "--model", str(tiny), "--schemes", "w4a16,fp8_dynamic", "--suite", "tiny", "--profile", "smoke",
-                "--queue", "gpu", "--evaluate-queue", "cpu", "--calibration", "tiny", "--num-samples", "16",
-                "--max-seq-length", "64", "--project", "automation-demo", "--series", "demo",
-                # CPU timings of a tiny model on a small shared host are noise: report, do not gate.
-                "--observe-performance",
-                "--json", str(out)]
-        if refresh:
-            argv.append("--refresh")
+                *demo_arguments(tiny, refresh), "--json", str(out)]
         code = subprocess.run(argv, env=env, check=False).returncode
         report = json.loads(out.read_text()) if out.is_file() else {}
         return DemoOutcome(report=report, wall_s=time.monotonic() - started, exit_code=code,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,7 @@ class StepQueues(BaseModel):
     """Queue per step; empty = the model's queue (the `queue` parameter or the size rule)."""
 
     model_config = ConfigDict(extra="forbid")
+    cli_affix: ClassVar[tuple[str, str]] = ("", "_queue")  # command-line options --compress-queue, ...
 
     compress: str | None = Field(None, description="queue for compression")
     evaluate: str | None = Field(None, description="queue for evaluations")
