@@ -6,21 +6,16 @@ What flows between steps is small JSON: ids, URLs, numbers. Never weights.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from automation.clearml.records import TaskStatus
 
 # Single values reported by core scripts may carry their uncertainty in companion values named
 # `<metric>:stderr` and `<metric>:n` (sample count); readers group them into MetricValue.
 STDERR_SUFFIX = ":stderr"
 SAMPLES_SUFFIX = ":n"
 
-TaskStatus = Literal[
-    "created", "queued", "in_progress", "stopped", "published", "publishing", "closed", "failed",
-    "completed", "unknown",
-]
-ACTIVE_STATUSES = frozenset({"created", "queued", "in_progress"})
-SUCCESS_STATUSES = frozenset({"completed", "published", "closed"})
 
 
 class MetricValue(BaseModel):

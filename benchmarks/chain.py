@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from automation.clearml.records import parse_timestamp
 from automation.results import TaskResult
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
@@ -89,11 +90,8 @@ def _direct(tiny: Path, work: Path) -> tuple[float, dict[str, float]]:
 
 
 def _ts(value: datetime | str | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value.timestamp()
+    when = parse_timestamp(value)
+    return None if when is None else when.timestamp()
 
 
 def run(bench: Bench) -> Outcome:

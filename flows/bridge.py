@@ -66,6 +66,7 @@ from prefect.context import TaskRunContext
 
 from automation.clearml.client import FLOW_RUN_TAG, QUEUE_TAG, TASK_RUN_TAG, ClearMLBackend, tag_value
 from automation.clearml.failures import FailureKind, classify
+from automation.clearml.records import TaskRecord, TaskStatus
 from automation.errors import (
     TASK_ERRORS,
     AutomationError,
@@ -75,7 +76,7 @@ from automation.errors import (
     TaskFailed,
     TaskTimeout,
 )
-from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES, TaskResult
+from automation.results import TaskResult
 from automation.specs.base import TaskSpec, build
 from flows.events import emit_task_event
 from flows.poller import shared_poller
@@ -121,7 +122,7 @@ def _queue_plan(spec: TaskSpec) -> list[str]:
     return list(dict.fromkeys([spec.queue, *spec.queue_escalation]))
 
 
-async def _choose_queue(client: Any, spec: TaskSpec, history: list[dict[str, Any]]) -> str:
+async def _choose_queue(client: Any, spec: TaskSpec, history: list[TaskRecord]) -> str:
     """The queue for a new attempt: the first one; after an out-of-memory failure the queue after
     the one that ran out; after any other failure the same queue again (when it is in the plan),
     so an infrastructure failure after an escalation a -> b retries on b, not on a where it
@@ -132,13 +133,12 @@ async def _choose_queue(client: Any, spec: TaskSpec, history: list[dict[str, Any
     reported the cause, so the status fields alone do not say OOM for long."""
     plan = _queue_plan(spec)
     for record in history:  # newest first
-        if record.get("status") not in ("failed", "stopped") \
-                or str(record.get("status_message") or "").startswith(DUPLICATE_REASON):
+        if record.status not in (TaskStatus.FAILED, TaskStatus.STOPPED) \
+                or record.status_message.startswith(DUPLICATE_REASON):
             continue  # a duplicate we stopped before it ran says nothing about the queue
-        tail = await client.log_tail(str(record["id"]), 30)
-        kind = classify(record.get("status", ""), record.get("status_message", ""),
-                        record.get("status_reason", ""), tail)
-        last = tag_value(record.get("tags") or [], QUEUE_TAG)
+        tail = await client.log_tail(record.id, 30)
+        kind = classify(record.status, record.status_message, record.status_reason, tail)
+        last = tag_value(record.tags, QUEUE_TAG)
         if kind is not FailureKind.OUT_OF_MEMORY:
             return last if last in plan else plan[0]
         if last in plan and plan.index(last) + 1 < len(plan):
@@ -147,29 +147,19 @@ async def _choose_queue(client: Any, spec: TaskSpec, history: list[dict[str, Any
     return plan[0]
 
 
-def _stamp(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
-
-
-def _fresh(record: dict[str, Any], max_age_s: float | None) -> bool:
+def _fresh(record: TaskRecord, max_age_s: float | None) -> bool:
     if max_age_s is None:
         return True
-    when = _stamp(record.get("completed") or record.get("last_update") or record.get("created"))
+    when = record.completed or record.last_update or record.created
     if when is None:
         return False  # an age we cannot tell is not within any bound
     return (datetime.now(UTC) - when).total_seconds() <= max_age_s
 
 
-def _age_key(record: dict[str, Any]) -> tuple[datetime, str]:
+def _age_key(record: TaskRecord) -> tuple[datetime, str]:
     """Submission order of tasks with one identity: created time, then id (both set by the server,
     so every orchestrator ranks the same tasks the same way)."""
-    return (_stamp(record.get("created")) or datetime.max.replace(tzinfo=UTC), str(record.get("id")))
+    return (record.created or datetime.max.replace(tzinfo=UTC), record.id)
 
 
 _LIMITS_SEEN: dict[str, tuple[bool, float]] = {}
@@ -256,12 +246,12 @@ async def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: dict[str, Any],
+async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: TaskRecord,
                 url: str, queue: str) -> TaskFailed:
     tail = await client.log_tail(task_id, 30)
-    status = str(record.get("status"))
-    kind = classify(status, record.get("status_message", ""), record.get("status_reason", ""), tail)
-    message = str(record.get("status_message") or record.get("status_reason") or "")
+    status = str(record.status)
+    kind = classify(status, record.status_message, record.status_reason, tail)
+    message = record.status_message or record.status_reason
     if kind is FailureKind.OUT_OF_MEMORY:
         plan = _queue_plan(spec)
         nxt = plan[plan.index(queue) + 1] if queue in plan and plan.index(queue) + 1 < len(plan) else None
@@ -329,14 +319,14 @@ async def execute(
         # the records reach this task run's log (and the Prefect API its settings name).
         context = contextvars.copy_context()
 
-        def log_change(record: dict[str, Any]) -> None:
-            progress = (record.get("runtime") or {}).get("progress")
-            log.info("ClearML task %s: %s%s%s", task_id, record.get("status"),
+        def log_change(record: TaskRecord) -> None:
+            progress = record.progress
+            log.info("ClearML task %s: %s%s%s", task_id, record.status,
                      f" {progress}%" if progress not in (None, "") else "",
-                     f" ({record['status_message']})" if record.get("status_message") else "")
+                     f" ({record.status_message})" if record.status_message else "")
             emit_task_event(record, task_id=task_id, kind=spec.kind, identity=identity, queue=queue, web_url=url)
 
-        def on_change(record: dict[str, Any]) -> None:
+        def on_change(record: TaskRecord) -> None:
             context.run(log_change, record)
 
         try:
@@ -355,7 +345,7 @@ async def execute(
             await _stop_quietly(client, task_id, "Prefect run cancelled or failed")
             raise
 
-    if record.get("status") in SUCCESS_STATUSES:
+    if record.succeeded:
         return await client.result(task_id, spec.kind, identity)
     raise await _fail(client, spec, task_id, record, url, queue)
 
@@ -377,18 +367,18 @@ async def _submit_or_attach(
     slot_taken = False
     while True:
         for record in history:
-            status = record.get("status")
-            if status in SUCCESS_STATUSES and not refresh and _fresh(record, max_age_s):
-                log.info("reusing ClearML task %s (identity %s, %s)", record["id"], identity[:12], status)
-                return await client.result(str(record["id"]), spec.kind, identity, reused=True)
+            status = record.status
+            if record.succeeded and not refresh and _fresh(record, max_age_s):
+                log.info("reusing ClearML task %s (identity %s, %s)", record.id, identity[:12], status)
+                return await client.result(record.id, spec.kind, identity, reused=True)
             if status in ("queued", "in_progress"):
                 # Already occupies its queue (its submitter's slot lease runs out by itself if that
                 # process died): attach without waiting for a slot.
-                task_id = str(record["id"])
+                task_id = record.id
                 log.info("attaching to ClearML task %s (%s) with the same identity", task_id, status)
                 await held.aclose()  # a slot taken before the second lookup: the task holds its own
                 await _claim(client, record)
-                return task_id, tag_value(record.get("tags") or [], QUEUE_TAG) or spec.queue
+                return task_id, tag_value(record.tags, QUEUE_TAG) or spec.queue
         queue = await _choose_queue(client, spec, history)
         if slot_taken:
             break
@@ -400,7 +390,7 @@ async def _submit_or_attach(
         log.info("waited %.1f s for a slot on queue '%s'", waited, queue)
         history = await client.find_by_identity(identity)
 
-    draft = next((r for r in history if r.get("status") == "created"), None)
+    draft = next((r for r in history if r.status is TaskStatus.CREATED), None)
     if draft is not None:  # left between create and enqueue by a crashed or cancelled orchestrator
         return await _adopt_draft(client, draft, queue)
 
@@ -419,9 +409,9 @@ async def _submit_or_attach(
     return older or (task_id, queue)
 
 
-async def _adopt_draft(client: ClearMLBackend, draft: dict[str, Any], queue: str) -> tuple[str, str]:
-    task_id = str(draft["id"])
-    queue = tag_value(draft.get("tags") or [], QUEUE_TAG) or queue
+async def _adopt_draft(client: ClearMLBackend, draft: TaskRecord, queue: str) -> tuple[str, str]:
+    task_id = draft.id
+    queue = tag_value(draft.tags, QUEUE_TAG) or queue
     await _claim(client, draft)
     await client.enqueue(task_id, queue)
     _logger().info("enqueued draft ClearML task %s on '%s'", task_id, queue)
@@ -454,29 +444,28 @@ async def _defer_to_older(
     except BackendError as exc:  # the check is a second line of defence: never fail a step over it
         log.warning("could not check ClearML task %s for concurrent duplicates: %s", task_id, exc)
         return None
-    mine = next((r for r in history if str(r.get("id")) == task_id), None)
+    mine = next((r for r in history if r.id == task_id), None)
     if mine is None:
         return None
     rank = _age_key(mine)
     older = [r for r in history if _age_key(r) < rank and (
-        r.get("status") in ACTIVE_STATUSES
-        or (r.get("status") in SUCCESS_STATUSES and not refresh and _fresh(r, max_age_s)))]
+        r.active or (r.succeeded and not refresh and _fresh(r, max_age_s)))]
     if not older:
         return None
     keep = min(older, key=_age_key)
-    other = str(keep["id"])
+    other = keep.id
     await _stop_quietly(client, task_id, f"{DUPLICATE_REASON} {other} (same identity, submitted concurrently)")
-    if keep.get("status") == "created":
+    if keep.status is TaskStatus.CREATED:
         return await _adopt_draft(client, keep, spec.queue)  # ours was never run: the slot moves to it
     if release_slot is not None:
         await release_slot()
-    if keep.get("status") in SUCCESS_STATUSES:
+    if keep.succeeded:
         log.info("reusing ClearML task %s (identity %s, completed meanwhile)", other, identity[:12])
         return await client.result(other, spec.kind, identity, reused=True)
     log.info("attaching to ClearML task %s (%s), submitted concurrently with the same identity",
-             other, keep.get("status"))
+             other, keep.status)
     await _claim(client, keep)
-    return other, tag_value(keep.get("tags") or [], QUEUE_TAG) or spec.queue
+    return other, tag_value(keep.tags, QUEUE_TAG) or spec.queue
 
 
 def _run_tags() -> list[str]:
@@ -485,7 +474,7 @@ def _run_tags() -> list[str]:
                         f"{TASK_RUN_TAG}{task_run_id}" if task_run_id else None) if t]
 
 
-async def _claim(client: ClearMLBackend, record: dict[str, Any]) -> None:
+async def _claim(client: ClearMLBackend, record: TaskRecord) -> None:
     """Tag a task this run attaches to with this run's flow-run and task-run ids, so this flow's
     cancel/crash sweep (`stop_flow_run_tasks`) covers it too (e.g. a rerun after the first
     orchestrator was SIGKILLed). One `tasks.edit`, only when a tag is missing. A failure only
@@ -494,10 +483,10 @@ async def _claim(client: ClearMLBackend, record: dict[str, Any]) -> None:
     if not tags:
         return
     try:
-        if await client.add_tags(str(record["id"]), record.get("tags") or [], tags):
-            _logger().info("tagged ClearML task %s with this run's ids", record["id"])
+        if await client.add_tags(record.id, record.tags, tags):
+            _logger().info("tagged ClearML task %s with this run's ids", record.id)
     except BackendError as exc:
-        _logger().warning("could not tag ClearML task %s with this run's ids: %s", record["id"], exc)
+        _logger().warning("could not tag ClearML task %s with this run's ids: %s", record.id, exc)
 
 
 async def _link_artifact(client: ClearMLBackend, task_id: str, spec: TaskSpec, reused: bool = False) -> None:
@@ -520,9 +509,9 @@ async def stop_flow_run_tasks(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         active = await client.find_active_by_tag(f"{FLOW_RUN_TAG}{flow_run.id}")
         reason = f"flow run {flow_run.id} {state.type.value.lower()}"
-        outcomes = await asyncio.gather(*(client.stop(str(r["id"]), reason) for r in active), return_exceptions=True)
+        outcomes = await asyncio.gather(*(client.stop(r.id, reason) for r in active), return_exceptions=True)
         for record, done in zip(active, outcomes, strict=True):
-            log.warning("flow run %s %s: ClearML task %s %s", flow_run.id, state.name, record["id"], done)
+            log.warning("flow run %s %s: ClearML task %s %s", flow_run.id, state.name, record.id, done)
     finally:
         await client.aclose()
 

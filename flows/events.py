@@ -22,8 +22,10 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
+from automation.clearml.records import TaskRecord
 from automation.regression.report_model import Report, ReportCell
 
 log = logging.getLogger("flows.events")
@@ -49,15 +51,6 @@ def _text(value: Any) -> str | None:
     return text if text else None
 
 
-def _progress(record: dict[str, Any]) -> float | None:
-    runtime = record.get("runtime")
-    value = runtime.get("progress") if isinstance(runtime, dict) else None
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def run_related(flow_run_id: str | None, task_run_id: str | None = None,
                 flow_run_name: str | None = None) -> list[dict[str, str]]:
     """Related resources for a Prefect flow run and task run (in Prefect's own id scheme)."""
@@ -73,32 +66,30 @@ def run_related(flow_run_id: str | None, task_run_id: str | None = None,
 
 
 def task_event(
-    record: dict[str, Any], *, task_id: str, kind: str | None = None, identity: str | None = None,
+    record: TaskRecord, *, task_id: str, kind: str | None = None, identity: str | None = None,
     queue: str | None = None, web_url: str | None = None, flow_run_id: str | None = None,
     task_run_id: str | None = None, name: str | None = None,
 ) -> dict[str, Any]:
     """The `emit_event` arguments for one ClearML status record (pure)."""
-    status = _status_word(record.get("status"))
+    status = _status_word(record.status)
     resource: dict[str, str] = {
         "prefect.resource.id": f"{TASK_RESOURCE_PREFIX}{task_id}",
-        "prefect.resource.name": name or _text(record.get("name")) or f"{kind or 'clearml'} task {task_id}",
+        "prefect.resource.name": name or _text(record.name) or f"{kind or 'clearml'} task {task_id}",
         "clearml.task.id": str(task_id),
         "clearml.task.status": status,
     }
-    execution = record.get("execution")
-    record_queue = execution.get("queue") if isinstance(execution, dict) else None
-    for key, value in (("clearml.task.kind", kind), ("clearml.queue", queue or record_queue),
+    for key, value in (("clearml.task.kind", kind), ("clearml.queue", queue or record.queue_id),
                        ("clearml.url", web_url), ("clearml.identity", identity)):
         if value:
             resource[key] = str(value)
     payload: dict[str, Any] = {"status": status, "task_id": str(task_id)}
     for key in ("status_message", "status_reason", "last_worker", "started", "completed", "status_changed"):
-        text = _text(record.get(key))
+        field = getattr(record, key)
+        text = _text(field.isoformat() if isinstance(field, datetime) else field)
         if text is not None:
             payload[key] = text
-    progress = _progress(record)
-    if progress is not None:
-        payload["progress"] = progress
+    if record.progress is not None:
+        payload["progress"] = record.progress
     if web_url:
         payload["url"] = web_url
     return {"event": f"{TASK_EVENT_PREFIX}{status}", "resource": resource,
@@ -206,7 +197,7 @@ def _emit(spec: dict[str, Any], follows: Any = None) -> Any:
 
 
 def emit_task_event(
-    record: dict[str, Any], *, task_id: str, kind: str | None = None, identity: str | None = None,
+    record: TaskRecord, *, task_id: str, kind: str | None = None, identity: str | None = None,
     queue: str | None = None, web_url: str | None = None, flow_run_id: str | None = None,
     task_run_id: str | None = None, name: str | None = None,
 ) -> bool:

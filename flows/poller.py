@@ -28,28 +28,28 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from automation.clearml.client import ClearMLBackend
+from automation.clearml.records import TaskRecord, TaskStatus
 from automation.clearml.settings import ClearMLSettings
 
 log = logging.getLogger("flows.poller")
 
-TERMINAL = frozenset({"completed", "published", "closed", "failed", "stopped"})
 END_GRACE_MIN_S = 10.0  # the fast window lasts this long past a task's expected end at least...
 END_GRACE_FRACTION = 0.1  # ...or this fraction of its expected duration, whichever is longer
-Listener = Callable[[dict[str, Any]], None]
+Listener = Callable[[TaskRecord], None]
 
 
 @dataclass
 class _Watch:
     task_id: str
-    future: concurrent.futures.Future[dict[str, Any]]
+    future: concurrent.futures.Future[TaskRecord]
     on_change: Listener | None
     expected_duration_s: float | None  # how long the task is expected to run, when known
-    last: dict[str, Any] = field(default_factory=dict)
+    last: TaskRecord | None = None
     expected_end: float | None = None  # monotonic; set when the task is first seen running
 
 
@@ -83,17 +83,17 @@ class StatusPoller:
 
     # -- public ---------------------------------------------------------------------------------
     def watch(self, task_id: str, on_change: Listener | None = None,
-              expected_duration_s: float | None = None) -> concurrent.futures.Future[dict[str, Any]]:
+              expected_duration_s: float | None = None) -> concurrent.futures.Future[TaskRecord]:
         """Future resolved with the task's status record once it reaches a terminal status."""
         self._ensure_thread()
-        fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        fut: concurrent.futures.Future[TaskRecord] = concurrent.futures.Future()
         with self._lock:
             self._watches.setdefault(task_id, []).append(_Watch(task_id, fut, on_change, expected_duration_s))
         self._poke()
         return fut
 
     async def wait(self, task_id: str, on_change: Listener | None = None,
-                   expected_duration_s: float | None = None) -> dict[str, Any]:
+                   expected_duration_s: float | None = None) -> TaskRecord:
         fut = self.watch(task_id, on_change, expected_duration_s)
         try:
             return await asyncio.wrap_future(fut)
@@ -156,7 +156,7 @@ class StatusPoller:
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _forget(self, task_id: str, fut: concurrent.futures.Future[dict[str, Any]]) -> None:
+    def _forget(self, task_id: str, fut: concurrent.futures.Future[TaskRecord]) -> None:
         with self._lock:
             watches = [w for w in self._watches.get(task_id, []) if w.future is not fut]
             if watches:
@@ -201,7 +201,7 @@ class StatusPoller:
         with self._lock:
             for watches in self._watches.values():
                 for w in watches:
-                    if w.expected_end is None or w.last.get("status") != "in_progress":
+                    if w.expected_end is None or w.last is None or w.last.status is not TaskStatus.IN_PROGRESS:
                         continue
                     grace = max(END_GRACE_MIN_S, END_GRACE_FRACTION * (w.expected_duration_s or 0.0))
                     if w.expected_end - self.max_interval_s <= now <= w.expected_end + grace:
@@ -222,35 +222,35 @@ class StatusPoller:
         for task_id in ids:
             record = records.get(task_id)
             if record is None:
-                record = {"id": task_id, "status": "unknown", "status_message": "task not found on the server"}
+                record = TaskRecord(id=task_id, status=TaskStatus.UNKNOWN,
+                                    status_message="task not found on the server")
             with self._lock:
                 watches = list(self._watches.get(task_id, []))
             for w in watches:
-                if record.get("status") == "in_progress" and w.expected_end is None \
+                if record.status is TaskStatus.IN_PROGRESS and w.expected_end is None \
                         and w.expected_duration_s:
                     w.expected_end = time.monotonic() + w.expected_duration_s
                 if _summary(record) != _summary(w.last):
-                    changed = changed or record.get("status") != w.last.get("status")
+                    changed = changed or w.last is None or record.status != w.last.status
                     w.last = record
                     if w.on_change is not None:
                         try:
                             w.on_change(record)
                         except Exception:  # a listener must never stop the poller
                             log.exception("status listener failed")
-                finished = record.get("status") in TERMINAL or record.get("status") == "unknown"
-                if finished and not w.future.done():
+                if record.finished and not w.future.done():
                     w.future.set_result(record)
         await self._check_queue_entries(records)
         return changed
 
-    async def _check_queue_entries(self, records: dict[str, dict[str, Any]]) -> None:
+    async def _check_queue_entries(self, records: dict[str, TaskRecord]) -> None:
         now = time.monotonic()
         if now < self._next_entry_check:
             return
         self._next_entry_check = now + self.entry_check_s
         assert self._backend is not None
-        waiting = {tid: str((r.get("execution") or {}).get("queue") or "") for tid, r in records.items()
-                   if r.get("status") == "queued" and _age_s(r.get("status_changed")) >= self.entry_check_s}
+        waiting = {tid: r.queue_id or "" for tid, r in records.items()
+                   if r.status is TaskStatus.QUEUED and _age_s(r.status_changed) >= self.entry_check_s}
         waiting = {tid: q for tid, q in waiting.items() if q}
         if not waiting:
             self._missing.clear()
@@ -272,22 +272,13 @@ class StatusPoller:
         self._missing = missing - self._missing
 
 
-def _age_s(stamp: Any) -> float:
-    """Seconds since an ISO timestamp from the server (0 when unknown: never treat as old)."""
-    if not stamp:
-        return 0.0
-    try:
-        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - when).total_seconds())
+def _age_s(when: datetime | None) -> float:
+    """Seconds since a server timestamp (0 when unknown: never treat as old)."""
+    return 0.0 if when is None else max(0.0, (datetime.now(UTC) - when).total_seconds())
 
 
-def _summary(record: dict[str, Any]) -> tuple[Any, ...]:
-    runtime = record.get("runtime") or {}
-    return (record.get("status"), record.get("status_message"), runtime.get("progress"))
+def _summary(record: TaskRecord | None) -> tuple[Any, ...]:
+    return (None, None, None) if record is None else (record.status, record.status_message, record.progress)
 
 
 _POLLER: StatusPoller | None = None

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from automation.clearml.records import TERMINAL_STATUSES
 from testing import REPO
 from testing.stacks import standin_stats
 
 HELLO_SCRIPT = REPO / "automation" / "scripts" / "hello.py"
-TERMINAL = {"completed", "failed", "stopped", "closed", "published"}
 # What idle agents call whatever happens (queue polls, worker reports): not part of a round trip.
 AGENT_ENDPOINTS = frozenset({"queues.get_next_task", "workers.register", "workers.unregister",
                              "workers.status_report", "workers.get_runtime_properties", "auth.login"})
@@ -63,7 +63,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     deadline = time.monotonic() + timeout_s
     status = str(task.get_status())
     polls = 1
-    while status not in TERMINAL:
+    while status not in TERMINAL_STATUSES:
         if time.monotonic() > deadline:
             task.mark_stopped(force=True, status_message="automation demo: timed out")
             raise TimeoutError(f"task {task.id} still '{status}' after {timeout_s:.0f} s; "

@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from automation.clearml.records import ACTIVE_STATUSES, TaskRecord, TaskStatus, parse_timestamp
 from automation.clearml.settings import ClearMLSettings
 from automation.errors import ApiCallError, BackendError, BackendUnavailable, QueueNotFound, ServerUnreachable
 from automation.results import TaskResult, group_single_values
@@ -369,14 +369,14 @@ class ClearMLBackend:
                 return
             except (BackendUnavailable, ApiCallError) as err:
                 # A lost answer to an enqueue that happened, or a refused second enqueue: look.
-                status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
-                if status in ("queued", "in_progress", "completed", "published"):
+                status = await self._status(task_id)
+                if status in (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.PUBLISHED):
                     return
                 if isinstance(err, ApiCallError) or asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.5)
 
-    async def find_by_identity(self, identity: str, include_archived: bool = False) -> list[dict[str, Any]]:
+    async def find_by_identity(self, identity: str, include_archived: bool = False) -> list[TaskRecord]:
         """Tasks carrying the identity tag, newest first."""
         body: dict[str, Any] = {
             "tags": [f"{IDENTITY_TAG}{identity}"],
@@ -385,23 +385,26 @@ class ClearMLBackend:
         }
         if not include_archived:
             body["system_tags"] = ["-archived"]
-        return list((await self.call("tasks.get_all", body))["tasks"])
+        return [TaskRecord.model_validate(t) for t in (await self.call("tasks.get_all", body))["tasks"]]
 
-    async def find_active_by_tag(self, tag: str) -> list[dict[str, Any]]:
-        body = {"tags": [tag], "status": ["created", "queued", "in_progress"],
-                "only_fields": ["id", "status", "name"]}
-        return list((await self.call("tasks.get_all", body))["tasks"])
+    async def find_active_by_tag(self, tag: str) -> list[TaskRecord]:
+        body = {"tags": [tag], "status": sorted(ACTIVE_STATUSES), "only_fields": ["id", "status", "name"]}
+        return [TaskRecord.model_validate(t) for t in (await self.call("tasks.get_all", body))["tasks"]]
 
-    async def statuses(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         """Status of any number of tasks in ONE call (one per STATUS_BATCH tasks)."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, TaskRecord] = {}
         ids = list(dict.fromkeys(task_ids))
         for start in range(0, len(ids), STATUS_BATCH):  # one call up to the server's page size
             chunk = ids[start:start + STATUS_BATCH]
             data = await self.call("tasks.get_all", {"id": chunk, "only_fields": STATUS_FIELDS,
                                                       "search_hidden": True, "page": 0, "page_size": len(chunk)})
-            out.update({str(t["id"]): t for t in data["tasks"]})
+            out.update({str(t["id"]): TaskRecord.model_validate(t) for t in data["tasks"]})
         return out
+
+    async def _status(self, task_id: str) -> TaskStatus:
+        record = (await self.statuses([task_id])).get(task_id)
+        return record.status if record else TaskStatus.UNKNOWN
 
     async def queue_entries(self, queue_ids: Sequence[str]) -> dict[str, set[str]]:
         """Task ids waiting in each queue, for any number of queues in ONE call."""
@@ -449,8 +452,7 @@ class ClearMLBackend:
         `Task.init`. So a task stopped while picked or running is watched for `settle_s` and
         stopped again whenever it shows up running; the agent aborts a running task whose status
         turns `stopped`."""
-        info = (await self.statuses([task_id])).get(task_id)
-        status = (info or {}).get("status")
+        status = await self._status(task_id)
         picked = False
         if status == "queued":
             try:
@@ -459,10 +461,10 @@ class ClearMLBackend:
                                                   "status_message": reason})
                 if data.get("dequeued", 1):
                     return "dequeued"
-                picked, status = True, "stopped"  # the entry was gone: an agent holds it
+                picked, status = True, TaskStatus.STOPPED  # the entry was gone: an agent holds it
             except ApiCallError:
                 picked = True
-                status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+                status = await self._status(task_id)
         done = f"left ({status})"
         picked = picked or status == "in_progress"
         if status in ("in_progress", "queued", "created"):
@@ -480,7 +482,7 @@ class ClearMLBackend:
         deadline = loop.time() + settle_s
         while loop.time() < deadline:
             await asyncio.sleep(0.5)
-            status = ((await self.statuses([task_id])).get(task_id) or {}).get("status")
+            status = await self._status(task_id)
             if status == "in_progress":  # started (forced) after our stop: stop it again
                 await self.call("tasks.stopped", {"task": task_id, "force": True, "status_reason": reason,
                                                   "status_message": reason})
@@ -616,8 +618,8 @@ class ClearMLBackend:
             artifacts=artifacts,
             model_id=model_id,
             model_url=model_url,
-            started=_ts(task.get("started")),
-            completed=_ts(task.get("completed")),
+            started=parse_timestamp(task.get("started")),
+            completed=parse_timestamp(task.get("completed")),
             reused=reused,
         )
 
@@ -656,13 +658,6 @@ def tag_value(tags: Iterable[str], prefix: str) -> str | None:
     return None
 
 
-def _ts(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _re_escape(name: str) -> str:

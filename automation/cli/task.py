@@ -218,15 +218,15 @@ async def _submit(spec: TaskSpec, wait: bool) -> dict[str, Any]:
             await backend().aclose()
         return {"task_id": result.task_id, "url": result.web_url, "result": result.model_dump(mode="json")}
     from automation.clearml.client import ClearMLBackend
-    from automation.results import ACTIVE_STATUSES, SUCCESS_STATUSES
+    from automation.clearml.records import TaskStatus
 
     client = ClearMLBackend()
     try:
         await client.queue_id(spec.queue)
         for record in await client.find_by_identity(spec.identity()):
-            if record.get("status") in SUCCESS_STATUSES | ACTIVE_STATUSES - {"created"}:
-                return {"task_id": str(record["id"]), "url": client.web_url(str(record["id"])),
-                        "status": record.get("status"), "reused": True}
+            if record.succeeded or (record.active and record.status is not TaskStatus.CREATED):
+                return {"task_id": record.id, "url": client.web_url(record.id), "status": str(record.status),
+                        "reused": True}
         task_id = await client.create(spec, input_model_id=input_model_id)
         await client.enqueue(task_id, spec.queue)
         return {"task_id": task_id, "url": client.web_url(task_id), "status": "queued", "reused": False}

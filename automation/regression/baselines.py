@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automation.clearml.client import FLOW_RUN_TAG, ClearMLBackend, tag_value
 from automation.clearml.client import PROPERTIES_SECTION as PROPERTIES
+from automation.clearml.records import DONE_STATUSES, parse_timestamp
 from automation.errors import PromotionRefused, RegistryError, ReportNotFound
 from automation.regression.gates import PerformanceGateSettings, performance_gates
 from automation.regression.report.clearml import (
@@ -39,7 +40,6 @@ from automation.regression.report.clearml import (
 from automation.regression.report.format import headline_names, relative_change
 from automation.regression.report_model import Report, ReportCell
 
-DONE_STATUSES = ["completed", "published"]  # a half-published report is marked failed: never listed
 REF_FIELDS = ["id", "name", "created", "tags", "project", "status", "hyperparams.properties"]
 FULL_FIELDS = [*REF_FIELDS, f"configuration.{REPORT_CONFIG}", "execution.artifacts"]
 PAGE_SIZE = 500  # the ClearML server's largest page
@@ -71,19 +71,6 @@ class ReportRef(BaseModel):
 
 
 # -- reading tasks -------------------------------------------------------------------------------
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return _aware(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
-    except ValueError:
-        return None
-
-
 def _properties(task: Mapping[str, Any]) -> dict[str, str]:
     section = (task.get("hyperparams") or {}).get(PROPERTIES) or {}
     return {str(k): str(v.get("value") or "") for k, v in section.items() if isinstance(v, dict)}
@@ -106,7 +93,7 @@ def ref_from_task(task: Mapping[str, Any], client: ClearMLBackend) -> ReportRef:
         name=str(task.get("name") or ""),
         title=props.get("title") or str(task.get("name") or ""),
         series=tag_value(tags, SERIES_TAG) or props.get("series", ""),
-        created=_parse_ts(props.get("created")) or _parse_ts(task.get("created")),
+        created=parse_timestamp(props.get("created")) or parse_timestamp(task.get("created")),
         outcome=tag_value(tags, OUTCOME_TAG) or props.get("outcome", "unknown"),
         status=str(task.get("status") or "unknown"),
         cells=int(cells) if cells.isdigit() else None,
@@ -114,7 +101,7 @@ def ref_from_task(task: Mapping[str, Any], client: ClearMLBackend) -> ReportRef:
         web_url=client.web_url(str(task["id"]), task.get("project")),
         accepted=BASELINE_TAG in tags,
         promoted_by=props.get("promoted_by") or None,
-        promoted_at=_parse_ts(props.get("promoted_at")),
+        promoted_at=parse_timestamp(props.get("promoted_at")),
         note=props.get("promotion_note", ""),
         accepted_cells=_json_list(props.get("accepted_cells", "")),
         tags=tags,
@@ -146,7 +133,7 @@ async def _report_tasks(client: ClearMLBackend, tags: Sequence[str], fields: Seq
                         limit: int | None = None, page: int = 0) -> list[dict[str, Any]]:
     """Summary tasks carrying all `tags` (a `-tag` excludes), newest first."""
     return await _tasks(client, {
-        "tags": ["__$all", REPORT_TAG, *tags], "system_tags": ["-archived"], "status": DONE_STATUSES,
+        "tags": ["__$all", REPORT_TAG, *tags], "system_tags": ["-archived"], "status": list(DONE_STATUSES),
         "order_by": ["-created"], "only_fields": list(fields), "page": page, "page_size": limit or PAGE_SIZE,
     })
 
@@ -282,7 +269,7 @@ async def previous_in_series(client: ClearMLBackend, series: str, before: str | 
     """The newest report of `series` created before a report (by id) or a moment."""
     exclude: str | None = None
     if isinstance(before, datetime):
-        cutoff = _aware(before)
+        cutoff = parse_timestamp(before) or datetime.now(UTC)
     else:
         found = await _by_id(client, [before], REF_FIELDS)
         if not found:

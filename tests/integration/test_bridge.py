@@ -25,6 +25,7 @@ import pytest
 
 from automation.clearml.admin import AdminClient
 from automation.clearml.client import FLOW_RUN_TAG, IDENTITY_TAG, TASK_RUN_TAG, ClearMLBackend
+from automation.clearml.records import TaskRecord
 from automation.errors import CodeError, QueueNotFound, ServerUnreachable, SpecError, TaskTimeout
 from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
@@ -481,7 +482,7 @@ def test_concurrent_orchestrators_keep_the_older_task(stack: StackHandle, api: A
         await asyncio.to_thread(both_looked.wait)
         return await create(self, *args, **kwargs)
 
-    async def counted_find(self: ClearMLBackend, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    async def counted_find(self: ClearMLBackend, *args: Any, **kwargs: Any) -> list[TaskRecord]:
         lookups[threading.get_ident()] += 1
         return await find(self, *args, **kwargs)
 

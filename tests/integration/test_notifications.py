@@ -27,6 +27,7 @@ import pytest
 from prefect import flow, task
 from typer.testing import CliRunner
 
+from automation.clearml.records import TaskRecord
 from automation.cli import app
 from flows.events import emit_regression, emit_task_event
 from testing.prefect_server import PrefectServer
@@ -229,8 +230,9 @@ async def emit_from_poller_like_thread(task_id: str) -> tuple[str, str]:
     from prefect.runtime import flow_run, task_run
 
     context = contextvars.copy_context()
-    records: list[dict[str, Any]] = [{"status": "queued"}, {"status": "in_progress", "runtime": {"progress": "50"}},
-               {"status": "completed", "runtime": {"progress": "100"}}]
+    records = [TaskRecord.model_validate({"id": task_id, **fields}) for fields in (
+        {"status": "queued"}, {"status": "in_progress", "runtime": {"progress": "50"}},
+        {"status": "completed", "runtime": {"progress": "100"}})]
     fr, tr = str(flow_run.id), str(task_run.id)
 
     def poller() -> None:  # the run ids come from the copied context (the bridge passes none)

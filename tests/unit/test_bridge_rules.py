@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from automation.clearml.client import QUEUE_TAG
+from automation.clearml.records import TaskRecord
 from automation.errors import (
     ApiCallError,
     BackendUnavailable,
@@ -37,17 +38,21 @@ def _iso(ago_s: float) -> str:
 
 
 def rec(task_id: str, status: str, queue: str | None = None, message: str = "", created: str = "",
-        **extra: Any) -> dict[str, Any]:
+        **extra: Any) -> TaskRecord:
     tags = [f"{QUEUE_TAG}{queue}"] if queue else []
-    return {"id": task_id, "status": status, "status_message": message, "status_reason": "",
-            "tags": tags, "created": created, **extra}
+    return TaskRecord.model_validate({"id": task_id, "status": status, "status_message": message, "status_reason": "",
+                                      "tags": tags, "created": created, **extra})
+
+
+def R(fields: dict[str, Any]) -> TaskRecord:
+    return TaskRecord.model_validate({"id": "t", **fields})
 
 
 class FakeClient:
     """What the bridge's rules use of ClearMLBackend: log tails, lookups, stops, results, tags."""
 
     def __init__(self, tails: dict[str, list[str]] | None = None,
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[TaskRecord] | None = None) -> None:
         self.tails = tails or {}
         self.history = history or []
         self.tail_calls: list[str] = []
@@ -59,8 +64,8 @@ class FakeClient:
         self.tail_calls.append(task_id)
         return self.tails.get(task_id, [])
 
-    async def find_by_identity(self, identity: str) -> list[dict[str, Any]]:
-        return sorted(self.history, key=lambda r: r["created"], reverse=True)
+    async def find_by_identity(self, identity: str) -> list[TaskRecord]:
+        return sorted(self.history, key=lambda r: r.created or datetime.min.replace(tzinfo=UTC), reverse=True)
 
     async def stop(self, task_id: str, reason: str) -> str:
         self.stopped.append(task_id)
@@ -78,7 +83,7 @@ class FakeClient:
                           web_url=f"http://web/{task_id}", reused=reused)
 
 
-def choose(history: list[dict[str, Any]], tails: dict[str, list[str]] | None = None,
+def choose(history: list[TaskRecord], tails: dict[str, list[str]] | None = None,
            spec: DebugSpec = SPEC) -> tuple[str, FakeClient]:
     client = FakeClient(tails)
     return asyncio.run(_choose_queue(client, spec, history)), client
@@ -118,15 +123,15 @@ def test_stopped_duplicates_are_not_history() -> None:
 
 # -- _fresh ---------------------------------------------------------------------------------------
 def test_fresh() -> None:
-    assert _fresh({}, None)  # no bound: everything is fresh
-    assert _fresh({"completed": _iso(10)}, 60)
-    assert not _fresh({"completed": _iso(120)}, 60)
-    assert _fresh({"completed": _iso(10), "created": _iso(3600)}, 60)  # completion time counts first
-    assert not _fresh({"last_update": _iso(120)}, 60)
+    assert _fresh(R({}), None)  # no bound: everything is fresh
+    assert _fresh(R({"completed": _iso(10)}), 60)
+    assert not _fresh(R({"completed": _iso(120)}), 60)
+    assert _fresh(R({"completed": _iso(10), "created": _iso(3600)}), 60)  # completion time counts first
+    assert not _fresh(R({"last_update": _iso(120)}), 60)
     naive = (datetime.now(UTC) - timedelta(seconds=10)).replace(tzinfo=None).isoformat()
-    assert _fresh({"completed": naive}, 60)  # a naive stamp is UTC
-    assert _fresh({"created": _iso(10).replace("+00:00", "Z")}, 60)
-    assert not _fresh({}, 60) and not _fresh({"completed": "yesterday"}, 60)  # unknown age: not fresh
+    assert _fresh(R({"completed": naive}), 60)  # a naive stamp is UTC
+    assert _fresh(R({"created": _iso(10).replace("+00:00", "Z")}), 60)
+    assert not _fresh(R({}), 60) and not _fresh(R({"completed": "yesterday"}), 60)  # unknown age: not fresh
 
 
 # -- _retry_condition -----------------------------------------------------------------------------
@@ -169,7 +174,7 @@ def test_retry_condition_is_async() -> None:
 
 
 # -- _defer_to_older (concurrent orchestrators) ---------------------------------------------------
-def defer(history: list[dict[str, Any]], mine: str = "t2", refresh: bool = False,
+def defer(history: list[TaskRecord], mine: str = "t2", refresh: bool = False,
           max_age_s: float | None = None) -> tuple[Any, FakeClient]:
     client = FakeClient(history=history)
     out = asyncio.run(_defer_to_older(client, SPEC, "ident", mine, refresh, max_age_s))  # type: ignore[arg-type]

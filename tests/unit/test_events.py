@@ -12,6 +12,7 @@ from uuid import uuid4
 
 import pytest
 
+from automation.clearml.records import TaskRecord
 from automation.regression.report_model import Report
 from flows import events
 from flows import notifications as notify
@@ -27,7 +28,11 @@ def _task(record: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"task_id": "t1", "kind": "debug", "identity": "abc123", "queue": "gpu",
                             "web_url": "http://web/projects/*/experiments/t1/output/log",
                             "flow_run_id": "fr-1", "task_run_id": "tr-1", **kw}
-    return task_event(record if record is not None else RECORD, **args)
+    return task_event(_record(record if record is not None else RECORD), **args)
+
+
+def _record(fields: dict[str, Any]) -> TaskRecord:
+    return TaskRecord.model_validate({"id": "t1", **fields})
 
 
 def test_task_event_name_resource_related_payload() -> None:
@@ -50,14 +55,14 @@ def test_task_event_name_resource_related_payload() -> None:
 
 @pytest.mark.parametrize(("status", "name"), [
     ("queued", "clearml.task.queued"), ("completed", "clearml.task.completed"), ("failed", "clearml.task.failed"),
-    ("stopped", "clearml.task.stopped"), ("Weird Status!", "clearml.task.weird_status"),
+    ("stopped", "clearml.task.stopped"), ("Weird Status!", "clearml.task.unknown"),
     (None, "clearml.task.unknown")])
 def test_task_event_names(status: str | None, name: str) -> None:
     assert _task({"status": status})["event"] == name
 
 
 def test_task_event_outside_a_run_and_with_a_name() -> None:
-    spec = task_event({"status": "queued", "name": "debug-x", "execution": {"queue": "q1"}}, task_id="t2")
+    spec = task_event(_record({"status": "queued", "name": "debug-x", "execution": {"queue": "q1"}}), task_id="t2")
     assert spec["related"] == []
     assert spec["resource"]["prefect.resource.name"] == "debug-x"
     assert spec["resource"]["clearml.queue"] == "q1"  # from the record when the caller does not say
@@ -122,7 +127,7 @@ def test_emit_task_event_once_per_transition(monkeypatch: pytest.MonkeyPatch) ->
     tid = f"t-{uuid4().hex}"
     statuses = [("queued", None, ""), ("in_progress", "10", ""), ("in_progress", "50", ""),  # progress only
                 ("in_progress", "50", "uploading"), ("completed", "100", "")]
-    sent = [emit_task_event({"status": s, "runtime": {"progress": p}, "status_message": m}, task_id=tid)
+    sent = [emit_task_event(_record({"status": s, "runtime": {"progress": p}, "status_message": m}), task_id=tid)
             for s, p, m in statuses]
     assert sent == [True, True, False, True, True]
     assert [c[0]["event"] for c in rec.calls] == ["clearml.task.queued", "clearml.task.in_progress",
@@ -132,7 +137,7 @@ def test_emit_task_event_once_per_transition(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_emitters_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "_emit", Recorder(fail=True))
-    assert emit_task_event({"status": "queued"}, task_id=f"t-{uuid4().hex}") is False
+    assert emit_task_event(_record({"status": "queued"}), task_id=f"t-{uuid4().hex}") is False
     assert emit_regression(sample_report()) == []
     monkeypatch.setattr(events, "report_events", lambda report: 1 / 0)
     assert emit_regression(sample_report()) == []
@@ -145,7 +150,7 @@ def test_emit_from_another_thread_without_prefect_api(monkeypatch: pytest.Monkey
     out: list[bool] = []
     with temporary_settings(updates={PREFECT_API_URL: None}):
         thread = threading.Thread(target=lambda: out.append(
-            emit_task_event({"status": "queued"}, task_id=f"t-{uuid4().hex}")))
+            emit_task_event(_record({"status": "queued"}), task_id=f"t-{uuid4().hex}")))
         thread.start()
         thread.join(10)
     assert out == [False]

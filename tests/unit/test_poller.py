@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from automation.clearml.client import ClearMLBackend
+from automation.clearml.records import TaskRecord, TaskStatus
 from automation.clearml.settings import ClearMLSettings
 from automation.errors import BackendUnavailable, ServerUnreachable
 from flows.poller import StatusPoller, _Watch
@@ -30,13 +31,13 @@ class FakeBackend:
         self.fail_with: Exception = BackendUnavailable("injected")
         self.lock = threading.Lock()
 
-    async def statuses(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         with self.lock:
             self.calls.append(len(task_ids))
             if self.fail_next:
                 self.fail_next -= 1
                 raise self.fail_with
-            return {t: {"id": t, "status": self.status.get(t, "in_progress")} for t in task_ids}
+            return {t: TaskRecord(id=t, status=TaskStatus(self.status.get(t, "in_progress"))) for t in task_ids}
 
     async def aclose(self) -> None:
         pass
@@ -53,7 +54,7 @@ def test_one_call_per_tick_for_100_tasks(fake: FakeBackend) -> None:
     poller = StatusPoller(min_interval_s=0.05, max_interval_s=0.2)
     ids = [f"t{i}" for i in range(100)]
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[TaskRecord]:
         waits = [asyncio.create_task(poller.wait(t)) for t in ids]
         deadline = time.monotonic() + 5
         while poller.ticks < 4 and time.monotonic() < deadline:
@@ -68,7 +69,7 @@ def test_one_call_per_tick_for_100_tasks(fake: FakeBackend) -> None:
         records = asyncio.run(main())
     finally:
         poller.stop()
-    assert all(r["status"] == "completed" for r in records)
+    assert all(r.status == "completed" for r in records)
     assert len(fake.calls) == poller.ticks  # one statuses() call per tick...
     assert max(fake.calls) == 100  # ...covering all 100 tasks
     assert poller.in_flight == 0
@@ -82,7 +83,7 @@ def test_transient_errors_never_fail_a_wait(fake: FakeBackend) -> None:
         record = asyncio.run(asyncio.wait_for(poller.wait("t"), 5))
     finally:
         poller.stop()
-    assert record["status"] == "completed" and poller.errors == 3
+    assert record.status == "completed" and poller.errors == 3
 
 
 def test_cancelled_wait_stops_watching(fake: FakeBackend) -> None:
@@ -124,7 +125,7 @@ def test_only_a_status_change_resets_the_interval() -> None:
     seen: list[tuple[str, Any]] = []
     for tid in records:
         poller._watches[tid] = [_Watch(tid, concurrent.futures.Future(), lambda r: seen.append(
-            (r["id"], (r.get("runtime") or {}).get("progress"))), None)]
+            (r.id, r.progress)), None)]
 
     async def ticks() -> list[bool]:
         out = [await poller._tick(list(records))]  # first sight: a status change
@@ -137,7 +138,7 @@ def test_only_a_status_change_resets_the_interval() -> None:
         return out
 
     assert asyncio.run(ticks()) == [True, False, False, True]
-    assert ("t1", "20") in seen and ("t1", "30") in seen  # progress still logged
+    assert ("t1", 20.0) in seen and ("t1", 30.0) in seen  # progress still logged (parsed to a number)
     assert poller._next_interval(2.0, changed=False) == 3.0  # progress alone: keeps backing off
 
 
@@ -145,7 +146,8 @@ def test_fast_window_is_bounded_around_the_expected_end() -> None:
     poller = StatusPoller(min_interval_s=0.5, max_interval_s=5.0, growth=1.5)
     now = time.monotonic()
     for tid, duration in (("short", 20.0), ("long", 1000.0)):
-        w = _Watch(tid, concurrent.futures.Future(), None, duration, last={"status": "in_progress"})
+        w = _Watch(tid, concurrent.futures.Future(), None, duration,
+                   last=TaskRecord(id=tid, status=TaskStatus.IN_PROGRESS))
         w.expected_end = now + 10_000.0  # far away until the case below moves it
         poller._watches[tid] = [w]
     short, long_ = poller._watches["short"][0], poller._watches["long"][0]
@@ -160,7 +162,7 @@ def test_fast_window_is_bounded_around_the_expected_end() -> None:
     assert fast(5.0, short) and fast(0.0, short)  # from max_interval before the end...
     assert fast(-10.0, short) and not fast(-10.5, short)  # ...to max(10 s, 10 % of 20 s) after it
     assert fast(-100.0, long_) and not fast(-100.5, long_)  # 10 % of 1000 s
-    short.last = {"status": "queued"}
+    short.last = TaskRecord(id="short", status=TaskStatus.QUEUED)
     assert not fast(0.0, short)  # only running tasks have an end to watch
     # outside the window the interval grows again, up to the max
     long_.expected_end = short.expected_end = now - 1000.0
@@ -179,7 +181,7 @@ def test_server_unreachable_during_a_tick_never_fails_a_wait(fake: FakeBackend) 
         record = asyncio.run(asyncio.wait_for(poller.wait("t"), 5))
     finally:
         poller.stop()
-    assert record["status"] == "completed" and poller.errors == 2
+    assert record.status == "completed" and poller.errors == 2
 
 
 def test_put_back_checks_the_queue_before_retrying() -> None:
@@ -230,8 +232,8 @@ class FakeRecords:
     def __init__(self, records: dict[str, dict[str, Any]]) -> None:
         self.records = records
 
-    async def statuses(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {t: dict(self.records[t]) for t in task_ids}
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        return {t: TaskRecord.model_validate(self.records[t]) for t in task_ids}
 
 
 def test_near_expected_end_polls_fast(fake: FakeBackend) -> None:
