@@ -10,6 +10,7 @@ themselves with `@endpoint("service.action")`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -34,6 +35,10 @@ log = logging.getLogger("clearml_standin.api")
 API_VERSION = "2.23"
 SERVER_VERSION = "1.17.0"
 TOKEN_TTL_S = 30 * 24 * 3600
+# Bounded work per request. The SDK's largest bodies are event batches of a few MB; clearml-server's
+# own limit is of the same order. A bigger body is refused while it streams in, never held whole.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # the SDK nests configuration and hyper-parameters a handful of levels deep
 
 
 class ApiError(Exception):
@@ -193,6 +198,45 @@ class CallLog:
         return found
 
 
+def check_json(value: Any) -> None:
+    """Refuse what cannot be stored and answered: nesting deeper than MAX_JSON_DEPTH, and strings
+    that are not valid Unicode (a lone surrogate, e.g. from `os.fsdecode` of a non-UTF-8 name).
+    The error names the field."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(f"Invalid request body: nested deeper than {MAX_JSON_DEPTH} levels (at {where or 'top'})",
+                           400, Sub.VALIDATION)
+        if isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                _check_text(key, f"{where}.{key}" if where else "(a key)")
+                stack.append((sub, f"{where}.{key}" if where else str(key), depth + 1))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{where}[{i}]", depth + 1) for i, sub in enumerate(item))
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(f"Validation error: {where or 'body'} holds a string that is not valid Unicode "
+                       "(a lone surrogate); send UTF-8 text", 400, Sub.VALIDATION) from None
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: a string stored before check_json existed (a lone surrogate) is
+    escaped instead of failing the whole answer."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class StandInApp:
     """Builds the Starlette app serving the ClearML API."""
 
@@ -205,7 +249,9 @@ class StandInApp:
         web_url: str,
         faults: FaultInjector | None = None,
         validate: bool = False,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
+        self.max_body_bytes = max_body_bytes
         self.store = store
         self.creds = creds
         self.api_url = api_url
@@ -253,9 +299,15 @@ class StandInApp:
             "feature_set": "basic",
             "env": "local",
             "iat": now,
-            "exp": now + int(expiration_sec or TOKEN_TTL_S),
+            # bounded: a client asking for a longer life gets the longest (as clearml-server caps it)
+            "exp": now + min(max(int(expiration_sec or TOKEN_TTL_S), 1), TOKEN_TTL_S),
+            "key": self._key_tag(),
         }
         return jwt.encode(claims, self.creds.token_secret, algorithm="HS256")
+
+    def _key_tag(self) -> str:
+        """Ties a token to the access key pair it was issued for: rotating the key revokes it."""
+        return hashlib.sha256(f"{self.creds.access_key}:{self.creds.secret_key}".encode()).hexdigest()[:16]
 
     def _authenticate(self, request: Request, name: str) -> None:
         header = request.headers.get("authorization", "")
@@ -271,11 +323,13 @@ class StandInApp:
             return
         if scheme == "bearer":
             try:
-                jwt.decode(value, self.creds.token_secret, algorithms=["HS256"])
+                claims = jwt.decode(value, self.creds.token_secret, algorithms=["HS256"])
             except jwt.ExpiredSignatureError as exc:
                 raise ApiError("Unauthorized (token expired)", 401, 21) from exc
             except jwt.PyJWTError as exc:
                 raise ApiError("Unauthorized (invalid token)", 401, 22) from exc
+            if claims.get("key") != self._key_tag():
+                raise ApiError("Unauthorized (token issued for another key)", 401, 22)
             return
         raise ApiError(f"Unauthorized (missing credentials) for {name}", 401, Sub.NOT_AUTHORIZED)
 
@@ -294,6 +348,8 @@ class StandInApp:
         try:
             if not match:
                 raise ApiError(f"Invalid request path {path}", 400, Sub.NO_SUCH_ENDPOINT)
+            # Credentials first: a body is only read (bounded) for a caller that may send one.
+            self._authenticate(request, name)
             body = await self._body(request)
             handler = self.handlers.get(name)
             if handler is None:
@@ -302,11 +358,13 @@ class StandInApp:
                                400, Sub.NO_SUCH_ENDPOINT)
             self.calls.counts[name] += 1
             if name == "auth.login":
-                self._authenticate(request, name)
                 exp = body.get("expiration_sec") if isinstance(body, dict) else None
-                data: dict[str, Any] | None = {"token": self.issue_token(exp)}
+                if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | str)
+                                        or not str(exp).lstrip("-").isdigit()):
+                    raise ApiError(f"Validation error: expiration_sec must be a whole number of seconds, "
+                                   f"got {str(exp)[:40]!r}", 400, Sub.VALIDATION)
+                data: dict[str, Any] | None = {"token": self.issue_token(int(exp) if exp is not None else None)}
             else:
-                self._authenticate(request, name)
                 data = handler(self.ctx(name), body)
             data = data or {}
             self.calls.check(name, data)
@@ -319,24 +377,43 @@ class StandInApp:
             log.warning("bad request to %s: %r", name, exc, exc_info=True)
             bad = bad_input(name, exc)
             response = self._envelope(name, requested, bad.code, bad.subcode, bad.msg, {}, bad.http_status)
-        except Exception as exc:  # never leak a stack trace; name the endpoint and the problem
+        except Exception:  # logged with its traceback; the answer names the endpoint, never the exception
             log.exception("internal error in %s", name)
-            response = self._envelope(name, requested, 500, 0, f"Internal error in {name}: {exc!r}", {},
-                                      http_status=500)
+            response = self._envelope(name, requested, 500, 0, f"Internal error in {name} (see the server log)",
+                                      {}, http_status=500)
         return self.faults.lost_response() if lose_response else response
 
+    async def _read_bounded(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise ApiError(f"Request body too large ({int(declared)} bytes; at most {self.max_body_bytes})",
+                           413, Sub.VALIDATION)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise ApiError(f"Request body too large (over {self.max_body_bytes} bytes)", 413, Sub.VALIDATION)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
+        raw = await self._read_bounded(request)
         if raw.strip():
             text = raw.decode("utf-8", errors="replace")
             try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
-                # events.add_batch from the SDK: newline-delimited JSON objects
                 try:
-                    parsed = [json.loads(line) for line in text.splitlines() if line.strip()]
-                except json.JSONDecodeError as exc:
-                    raise ApiError(f"Invalid JSON body: {exc}", 400, Sub.VALIDATION) from exc
+                    parsed = json.loads(text)
+                except json.JSONDecodeError:
+                    # events.add_batch from the SDK: newline-delimited JSON objects
+                    try:
+                        parsed = [json.loads(line) for line in text.splitlines() if line.strip()]
+                    except json.JSONDecodeError as exc:
+                        raise ApiError(f"Invalid JSON body: {exc}", 400, Sub.VALIDATION) from exc
+            except RecursionError:
+                raise ApiError(f"Invalid request body: nested deeper than {MAX_JSON_DEPTH} levels",
+                               400, Sub.VALIDATION) from None
+            check_json(parsed)
             if isinstance(parsed, list):
                 return {"requests": parsed}
             if not isinstance(parsed, dict):
@@ -369,7 +446,7 @@ class StandInApp:
             "error_stack": "",
             "error_data": {},
         }
-        return JSONResponse({"meta": meta, "data": data}, status_code=http_status or code)
+        return SafeJSONResponse({"meta": meta, "data": data}, status_code=http_status or code)
 
     # -- test/benchmark hooks (not part of the ClearML API) ------------------------------------
     async def stats(self, request: Request) -> Response:

@@ -66,7 +66,8 @@ def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head>"
         f'<body><p class="muted"><a href="/">local ClearML stand-in</a></p>{body}</body></html>'
     )
-    return HTMLResponse(doc, status_code=status_code)
+    # A name stored before the API refused lone surrogates must not turn the page into a 500.
+    return HTMLResponse(doc.encode("utf-8", errors="replace"), status_code=status_code)
 
 
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:

@@ -59,8 +59,10 @@ def start_detached(
     log_file: Path,
     env: Mapping[str, str],
     cwd: Path | None = None,
+    umask: int = -1,
 ) -> psutil.Process:
-    """Start argv in its own session (so its whole group can be signalled) and record it."""
+    """Start argv in its own session (so its whole group can be signalled) and record it; `umask`
+    for what the process writes (-1: inherit)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -73,6 +75,7 @@ def start_detached(
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
             close_fds=True,
+            umask=umask,
         )
     proc = psutil.Process(popen.pid)
     tmp = pid_file.with_suffix(".tmp")

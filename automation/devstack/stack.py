@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -64,6 +65,9 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass
@@ -178,6 +182,10 @@ class LocalStack:
     ) -> UpReport:
         """`prefect=True`: also the Prefect server and the served deployments (the CLI's default;
         off in the Python API, where tests bring their own Prefect server)."""
+        bad = [q for q in queues or () if not QUEUE_NAME.fullmatch(q)]
+        if bad:  # a queue name becomes a folder (the agent's HOME) and a file name: nothing else
+            raise StackError(f"--queues: {bad} are not queue names (letters, digits, '.', '_', '-'; "
+                             "not starting with '.'), e.g. gpu,cpu")
         self.data.ensure()
         cfg = self._load_config()
         if cfg is None:
@@ -363,7 +371,10 @@ class LocalStack:
 
     def _start_agent(self, queue: str, env: dict[str, str], n_agents: int = 1) -> None:
         home = self.data.agent_home(queue)
-        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        # The agent copies its configuration, secret key included, into HOME/tmp: private to us.
+        for folder in (home, home / "tmp"):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
         agent_env = {
             **_clean_env(),
             **env,
@@ -390,7 +401,7 @@ class LocalStack:
             raise StackError("clearml-agent is not installed in this environment (pip install clearml-agent)")
         argv = [agent_bin, "daemon", "--queue", queue, "--foreground"]
         procs.start_detached(argv, self.data.pid_file(f"agent-{queue}"),
-                             self.data.logs / f"agent-{queue}.log", env=agent_env, cwd=home)
+                             self.data.logs / f"agent-{queue}.log", env=agent_env, cwd=home, umask=0o077)
 
     def _stack_tag(self) -> str:
         import hashlib

@@ -24,6 +24,7 @@ from automation.devstack import procs
 from automation.devstack.layout import DataDir
 from automation.devstack.stack import LocalStack
 from testing.stacks import admin_client
+from testing.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,13 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     secret = json.loads(data.credentials.read_text())["secret_key"]
     assert secret in env_text and secret not in first.stdout + first.stderr
     assert oct(data.env_file.stat().st_mode & 0o777) == "0o600"
+    # The agent copies its configuration (the secret key in it) into its HOME: private to this user.
+    home = data.agent_home("q1")
+    assert oct(home.stat().st_mode & 0o777) == oct((home / "tmp").stat().st_mode & 0o777) == "0o700"
+    wait_for("the agent's config copy", lambda: any((home / "tmp").glob(".clearml_agent*")), timeout_s=60)
+    leaked = [str(f) for f in home.rglob("*") if f.is_file() and f.stat().st_mode & 0o077
+              and secret.encode() in f.read_bytes()]
+    assert leaked == []
     # What `eval "$(automation local up)"` then `source DIR/env` leaves in a shell is DIR/env's env.
     shell = subprocess.run(["bash", "-c", f'eval "$1" && source {shlex.quote(str(data.env_file))} && env', "_",
                             first.stdout], capture_output=True, text=True, timeout=30)
