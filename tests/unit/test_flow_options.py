@@ -76,7 +76,8 @@ def test_only_given_options_reach_the_flow_and_values_are_typed() -> None:
 @pytest.mark.parametrize(("argv", "flag"), [(["--threshold", "high"], "--threshold"),
                                             (["--queue-cap", "a100x1"], "--queue-cap"),
                                             (["--fail-on", "sometimes"], "--fail-on"),
-                                            (["--num-samples", "0"], "compression")])
+                                            (["--num-samples", "0"], "compression"),
+                                            (["--limit", "-1"], "evaluation")])
 def test_a_bad_value_is_a_usage_error_naming_the_option(argv: list[str], flag: str) -> None:
     code, _, out = _parse(compress_evaluate_benchmark.fn, ["--model", "hf:a/b", *argv])
     assert code == 2 and flag in out and "Traceback" not in out, out
