@@ -54,10 +54,10 @@ class Bench:
         return self.env["CLEARML_API_HOST"]
 
     def stats(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in standin_stats(self.api_url)["calls"].items()}
+        return {str(k): int(v) for k, v in standin_stats(self.env)["calls"].items()}
 
     def faults(self, **settings: Any) -> dict[str, Any]:
-        return set_faults(self.api_url, **settings)
+        return set_faults(self.env, **settings)
 
     # -- queries --------------------------------------------------------------------------
     def by_tag(self, tag: str, fields: Iterable[str] = ("id", "status", "tags")) -> list[dict[str, Any]]:

@@ -9,35 +9,35 @@ themselves with `@endpoint("service.action")`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import asyncio
 import json
 import logging
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clearml_standin.faults import FaultInjector
+from clearml_standin.regex_budget import request_budget
 from clearml_standin.store import Store
+from clearml_standin.tokens import API_VERSION, SERVER_VERSION, TOKEN_TTL_S, Authenticator, Credentials, Unauthorized
+
+__all__ = ["API_VERSION", "SERVER_VERSION", "TOKEN_TTL_S", "ApiError", "Credentials", "StandInApp"]
 
 log = logging.getLogger("clearml_standin.api")
 
-API_VERSION = "2.23"
-SERVER_VERSION = "1.17.0"
-TOKEN_TTL_S = 30 * 24 * 3600
-# Bounded work per request. The SDK's largest bodies are event batches of a few MB; clearml-server's
-# own limit is of the same order. A bigger body is refused while it streams in, never held whole.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# Bounded work per request. The SDK refuses to send a request over 15 MiB (api.http.max_req_size,
+# "smaller than that configured in api server"); twice that is refused while it streams in, never
+# held whole. Parsing the largest accepted single JSON document holds the GIL for about half a second.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+PARSE_INLINE_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
 MAX_JSON_DEPTH = 64  # the SDK nests configuration and hyper-parameters a handful of levels deep
 
 
@@ -117,16 +117,6 @@ def handlers() -> dict[str, Handler]:
 
 
 _PATH_RE = re.compile(r"^/(?:v(?P<version>\d+\.\d+)/)?(?P<service>[a-z_]+)\.(?P<action>[a-z_]+)/?$")
-
-
-@dataclass
-class Credentials:
-    access_key: str
-    secret_key: str
-    token_secret: str
-    company: str = "local"
-    user_id: str = "local-user"
-    user_name: str = "Local User"
 
 
 @dataclass
@@ -260,6 +250,7 @@ class StandInApp:
         self.faults = faults or FaultInjector()
         self.calls = CallLog(validate=validate)
         self.handlers = handlers()
+        self.auth = Authenticator(creds)
         self.app = Starlette(
             routes=[
                 Route("/_standin/stats", self.stats, methods=["GET"]),
@@ -282,56 +273,8 @@ class StandInApp:
             endpoint=endpoint_name,
         )
 
-    # -- tokens -------------------------------------------------------------------------------
     def issue_token(self, expiration_sec: int | None = None) -> str:
-        now = int(time.time())
-        claims = {
-            "identity": {
-                "company": self.creds.company,
-                "company_name": self.creds.company,
-                "user": self.creds.user_id,
-                "user_name": self.creds.user_name,
-                "role": "admin",
-            },
-            "api_version": API_VERSION,
-            "server_version": SERVER_VERSION,
-            "server_build": "standin",
-            "feature_set": "basic",
-            "env": "local",
-            "iat": now,
-            # bounded: a client asking for a longer life gets the longest (as clearml-server caps it)
-            "exp": now + min(max(int(expiration_sec or TOKEN_TTL_S), 1), TOKEN_TTL_S),
-            "key": self._key_tag(),
-        }
-        return jwt.encode(claims, self.creds.token_secret, algorithm="HS256")
-
-    def _key_tag(self) -> str:
-        """Ties a token to the access key pair it was issued for: rotating the key revokes it."""
-        return hashlib.sha256(f"{self.creds.access_key}:{self.creds.secret_key}".encode()).hexdigest()[:16]
-
-    def _authenticate(self, request: Request, name: str) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        scheme = scheme.lower()
-        if scheme == "basic":
-            try:
-                key, _, secret = base64.b64decode(value).decode().partition(":")
-            except Exception as exc:
-                raise ApiError("Unauthorized (malformed basic auth)", 401, Sub.NOT_AUTHORIZED) from exc
-            if key != self.creds.access_key or secret != self.creds.secret_key:
-                raise ApiError("Unauthorized (invalid credentials)", 401, Sub.NOT_AUTHORIZED)
-            return
-        if scheme == "bearer":
-            try:
-                claims = jwt.decode(value, self.creds.token_secret, algorithms=["HS256"])
-            except jwt.ExpiredSignatureError as exc:
-                raise ApiError("Unauthorized (token expired)", 401, 21) from exc
-            except jwt.PyJWTError as exc:
-                raise ApiError("Unauthorized (invalid token)", 401, 22) from exc
-            if claims.get("key") != self._key_tag():
-                raise ApiError("Unauthorized (token issued for another key)", 401, 22)
-            return
-        raise ApiError(f"Unauthorized (missing credentials) for {name}", 401, Sub.NOT_AUTHORIZED)
+        return self.auth.issue(expiration_sec)
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def dispatch(self, request: Request) -> Response:
@@ -365,7 +308,8 @@ class StandInApp:
                                    f"got {str(exp)[:40]!r}", 400, Sub.VALIDATION)
                 data: dict[str, Any] | None = {"token": self.issue_token(int(exp) if exp is not None else None)}
             else:
-                data = handler(self.ctx(name), body)
+                # On the store's thread: the loop keeps serving while it runs; regexes are timed.
+                data = await self.store.run(request_budget(handler), self.ctx(name), body)
             data = data or {}
             self.calls.check(name, data)
             response = self._envelope(name, requested, 200, 0, "OK", data)
@@ -397,8 +341,22 @@ class StandInApp:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _authenticate(self, request: Request, name: str) -> None:
+        try:
+            self.auth.check(request.headers.get("authorization", ""), name)
+        except Unauthorized as err:
+            raise ApiError(err.msg, 401, err.subcode) from None
+
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await self._read_bounded(request)
+        if len(raw) > PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(self._parse, raw)
+        if raw.strip():
+            return self._parse(raw)
+        return dict(request.query_params)
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any]:
         if raw.strip():
             text = raw.decode("utf-8", errors="replace")
             try:
@@ -419,7 +377,7 @@ class StandInApp:
             if not isinstance(parsed, dict):
                 raise ApiError("Invalid request body: expected a JSON object", 400, Sub.VALIDATION)
             return parsed
-        return dict(request.query_params)
+        return {}
 
     def _envelope(
         self,
@@ -448,8 +406,17 @@ class StandInApp:
         }
         return SafeJSONResponse({"meta": meta, "data": data}, status_code=http_status or code)
 
-    # -- test/benchmark hooks (not part of the ClearML API) ------------------------------------
+    # -- test/benchmark hooks (not part of the ClearML API; the stack's credentials, like the API) --
+    def _hook_refused(self, request: Request) -> Response | None:
+        try:
+            self.auth.check(request.headers.get("authorization", ""), request.url.path)
+        except Unauthorized as err:
+            return JSONResponse({"error": err.msg}, status_code=401)
+        return None
+
     async def stats(self, request: Request) -> Response:
+        if refused := self._hook_refused(request):
+            return refused
         return JSONResponse(
             {
                 "calls": dict(self.calls.counts),
@@ -461,6 +428,8 @@ class StandInApp:
         )
 
     async def reset_stats(self, request: Request) -> Response:
+        if refused := self._hook_refused(request):
+            return refused
         self.calls.counts.clear()
         self.calls.unsupported.clear()
         self.calls.contract_errors.clear()
@@ -469,11 +438,15 @@ class StandInApp:
     async def set_faults(self, request: Request) -> Response:
         from clearml_standin.faults import FaultsDisabled
 
+        if refused := self._hook_refused(request):
+            return refused
         try:
-            body = json.loads((await request.body()) or b"{}")
+            body = json.loads((await self._read_bounded(request)) or b"{}")
             self.faults.configure(**body)
         except FaultsDisabled as exc:
             return JSONResponse({"error": str(exc)}, status_code=403)
+        except ApiError as err:
+            return JSONResponse({"error": err.msg}, status_code=err.http_status)
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": f"bad fault settings: {exc}"}, status_code=400)
         return JSONResponse(self.faults.describe())

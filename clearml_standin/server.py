@@ -118,7 +118,8 @@ async def watch_non_responsive(standin: StandInApp, threshold_s: float, stop: as
         if stop.is_set():
             return
         try:
-            stopped = task_service.stop_non_responsive(standin.ctx("watchdog"), threshold_s, alive_since=started)
+            stopped = await standin.store.run(functools.partial(
+                task_service.stop_non_responsive, standin.ctx("watchdog"), threshold_s, alive_since=started))
         except Exception:  # a bad document must not end the watchdog for good
             log.exception("non-responsive task watchdog failed")
             continue
@@ -152,8 +153,8 @@ async def serve(
     open_call_log(standin, calls_file)
     apps = {
         "api": standin.app,
-        "files": FileServer(data.files).app,
-        "web": WebUI(store, files_url=files_url, web_url=web_url).app,
+        "files": FileServer(data.files, auth=standin.auth, own_urls=(files_url,), web_url=web_url).app,
+        "web": WebUI(store, files_url=files_url, web_url=web_url, files_root=data.files).app,
     }
     socks = {name: _bind(host, ports[name]) for name in apps}
     servers = [_server(apps[name]) for name in apps]

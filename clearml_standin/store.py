@@ -4,20 +4,28 @@ Every write is committed before the HTTP response that acknowledges it is sent, 
 of the server loses nothing a client was told had been stored. Documents are also kept in an
 in-memory index (the server is the only writer), which makes the id-list lookups the status
 poller issues every tick cheap whatever the number of tasks.
+
+The servers reach the store only through `Store.run`: one worker thread does every read and write
+in arrival order (so handlers never interleave, as they did not when they ran on the event loop),
+and the event loop stays free for the file server, the web pages and the next request's I/O while
+a slow handler works.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 Doc = dict[str, Any]
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -63,6 +71,11 @@ class Store:
         self._docs: dict[str, dict[str, Doc]] = {}
         for kind, id_, raw in self._db.execute("SELECT kind, id, doc FROM docs"):
             self._docs.setdefault(kind, {})[id_] = json.loads(raw)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="standin-store")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the store's one worker thread: the servers' only way in."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
@@ -184,5 +197,6 @@ class Store:
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def close(self) -> None:
+        self._worker.shutdown(wait=True)
         with self._lock:
             self._db.close()

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from clearml_standin.files import allowed_hosts, serve_download
 from clearml_standin.store import Store
 
 Doc = dict[str, Any]
@@ -93,27 +97,48 @@ def _fmt_time(ms: Any) -> str:
 
 
 class WebUI:
-    def __init__(self, store: Store, files_url: str, web_url: str) -> None:
+    def __init__(self, store: Store, files_url: str, web_url: str, files_root: Path | None = None) -> None:
         self.store = store
         self.files_url = files_url
         self.web_url = web_url
-        task_page = self.task_page
+        self.files_root = files_root
+        task_page = self._on_store(self.task_page)
+        project_page = self._on_store(self.project_page)
+        model_page = self._on_store(self.model_page)
         self.app = Starlette(
             routes=[
-                Route("/", self.index),
+                Route("/", self._on_store(self.index)),
                 Route("/projects/{project}/experiments/{task}", task_page),
                 Route("/projects/{project}/experiments/{task}/{rest:path}", task_page),
                 Route("/projects/{project}/tasks/{task}", task_page),
                 Route("/projects/{project}/tasks/{task}/{rest:path}", task_page),
-                Route("/projects/{project}/experiments", self.project_page),
-                Route("/projects/{project}/tasks", self.project_page),
-                Route("/projects/{project}/models/{model}", self.model_page),
-                Route("/projects/{project}/models/{model}/{rest:path}", self.model_page),
-                Route("/projects/{project}/models", self.models_page),
-                Route("/projects/{project}", self.project_page),
-                Route("/{path:path}", self.not_found),
-            ]
+                Route("/projects/{project}/experiments", project_page),
+                Route("/projects/{project}/tasks", project_page),
+                Route("/projects/{project}/models/{model}", model_page),
+                Route("/projects/{project}/models/{model}/{rest:path}", model_page),
+                Route("/projects/{project}/models", self._on_store(self.models_page)),
+                Route("/projects/{project}", project_page),
+                Route("/files/{path:path}", self.download, methods=["GET", "HEAD"]),
+                Route("/{path:path}", self._on_store(self.not_found)),
+            ],
+            middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(web_url))],
         )
+
+    def _on_store(self, page: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
+        """Pages read the store on its worker thread (never while a handler writes it)."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self.store.run(page, request)
+
+        return endpoint
+
+    async def download(self, request: Request) -> Response:
+        """An artifact or model file for a browser: the file server wants the stack's credentials,
+        which a browser does not have; these pages are the stack's read-only view, so they hand
+        out downloads (never inline content) of what the file server holds."""
+        if self.files_root is None:
+            return _page("Not found", "<h1>Not found</h1>", 404)
+        return serve_download(self.files_root, request.path_params.get("path", ""))
 
     # -- helpers ------------------------------------------------------------------------------
     def _project_name(self, project_id: Any) -> str:
@@ -121,6 +146,13 @@ class WebUI:
             return ""
         doc = self.store.get("project", str(project_id))
         return str(doc.get("name") or project_id) if doc else str(project_id)
+
+    def _file_link(self, uri: Any) -> str:
+        """A file-server URI links to this page's own download of it (a browser holds no credentials)."""
+        prefix = self.files_url.rstrip("/") + "/"
+        if self.files_root is not None and isinstance(uri, str) and uri.startswith(prefix):
+            return link("/files/" + uri[len(prefix):], uri, local=True)
+        return link(uri)
 
     def _task_url(self, task: Doc) -> str:
         return _path("projects", str(task.get("project") or "*"), "experiments", str(task["id"]))
@@ -142,10 +174,10 @@ class WebUI:
         ]
 
     # -- pages --------------------------------------------------------------------------------
-    async def not_found(self, request: Request) -> Response:
+    def not_found(self, request: Request) -> Response:
         return _page("Not found", f"<h1>Not found</h1><p>No page at {esc(request.url.path)}</p>", 404)
 
-    async def index(self, request: Request) -> Response:
+    def index(self, request: Request) -> Response:
         tasks = sorted(
             self.store.iter_raw("task"),
             key=lambda t: str(t.get("last_update") or t.get("created") or ""),
@@ -160,7 +192,7 @@ class WebUI:
         )
         return _page("Recent tasks", body)
 
-    async def project_page(self, request: Request) -> Response:
+    def project_page(self, request: Request) -> Response:
         project = request.path_params["project"]
         if project != "*" and self.store.get("project", project) is None:
             return _page(
@@ -176,7 +208,7 @@ class WebUI:
         )
         return _page(title, body)
 
-    async def task_page(self, request: Request) -> Response:
+    def task_page(self, request: Request) -> Response:
         task_id = request.path_params["task"]
         task = self.store.get("task", task_id)
         if task is None:
@@ -279,7 +311,7 @@ class WebUI:
                     esc(art.get("key")),
                     esc(art.get("type")),
                     esc(art.get("mode")),
-                    link(art.get("uri")),
+                    self._file_link(art.get("uri")),
                     esc(art.get("content_size")),
                     f"<pre>{esc(type_data.get('preview'))}</pre>" if type_data.get("preview") else "",
                 ]
@@ -301,7 +333,7 @@ class WebUI:
                         esc(direction),
                         esc(entry.get("name")),
                         link(self._model_url(model), model.get("name") or model["id"], local=True),
-                        link(model.get("uri")),
+                        self._file_link(model.get("uri")),
                     ]
                 )
         return _table(["Direction", "Name", "Model", "Weights"], rows)
@@ -315,7 +347,7 @@ class WebUI:
         lines = "\n".join(f"{_fmt_time(e.get('timestamp'))} {e.get('msg', '')}".rstrip("\n") for e in tail)
         return f"<pre>{esc(lines)}</pre>"
 
-    async def models_page(self, request: Request) -> Response:
+    def models_page(self, request: Request) -> Response:
         project = request.path_params["project"]
         models = [
             dict(m) for m in self.store.iter_raw("model") if project == "*" or m.get("project") == project
@@ -326,7 +358,7 @@ class WebUI:
                 f'<a href="{esc(self._model_url(m))}">{esc(m.get("name") or m["id"])}</a>',
                 esc(m.get("framework")),
                 esc("yes" if m.get("ready") else "no"),
-                link(m.get("uri")),
+                self._file_link(m.get("uri")),
                 esc(m["id"]),
             ]
             for m in models
@@ -335,7 +367,7 @@ class WebUI:
             "Models", "<h1>Models</h1>" + _table(["Model", "Framework", "Published", "Weights", "ID"], rows)
         )
 
-    async def model_page(self, request: Request) -> Response:
+    def model_page(self, request: Request) -> Response:
         model_id = request.path_params["model"]
         model = self.store.get("model", model_id)
         if model is None:
@@ -350,7 +382,7 @@ class WebUI:
         )
         rows = [
             ("ID", esc(model["id"])),
-            ("Weights", link(model.get("uri"))),
+            ("Weights", self._file_link(model.get("uri"))),
             ("Published", esc("yes" if model.get("ready") else "no")),
             ("Framework", esc(model.get("framework"))),
             ("Project", esc(self._project_name(model.get("project")))),

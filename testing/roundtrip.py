@@ -45,7 +45,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     os.environ.update(env)
     from clearml import Task  # after the env is set: the SDK reads its config once
 
-    before = standin_stats(env["CLEARML_API_HOST"])["calls"]
+    before = standin_stats(env)["calls"]
     started = time.monotonic()
     task: Any = Task.create(
         project_name="automation-demo",
@@ -59,7 +59,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     task.set_parameters({"Args/greeting": "hello", "Args/steps": 5})
     task.set_configuration_object("demo", config_text='demo { source = "automation demo", seed = 7 }')
     Task.enqueue(task, queue_name=queue)
-    enqueued = standin_stats(env["CLEARML_API_HOST"])["calls"]
+    enqueued = standin_stats(env)["calls"]
     deadline = time.monotonic() + timeout_s
     status = str(task.get_status())
     polls = 1
@@ -71,7 +71,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
         time.sleep(0.5)
         status = str(task.get_status())
         polls += 1
-    finished = standin_stats(env["CLEARML_API_HOST"])["calls"]
+    finished = standin_stats(env)["calls"]
     task.reload()
 
     scalars: dict[str, dict[str, float]] = {}
@@ -83,7 +83,7 @@ def run_hello(env: dict[str, str], queue: str = "cpu", timeout_s: float = 300.0)
     log_tail = [line for chunk in task.get_reported_console_output(number_of_reports=3)
                 for line in str(chunk).splitlines() if line.strip()][-8:]
     wall = time.monotonic() - started
-    after = standin_stats(env["CLEARML_API_HOST"])["calls"]
+    after = standin_stats(env)["calls"]
     by_endpoint = _diff(before, after)
     return DemoResult(
         task_id=task.id,

@@ -4,6 +4,7 @@ its fault injection."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,33 @@ AGENT_QUEUES = ("gpu", "cpu")  # one agent each
 ACTIVE = frozenset({"created", "queued", "in_progress"})  # task statuses that can still keep an agent busy
 
 
-def standin_stats(api_url: str) -> dict[str, Any]:
+def stack_auth(env: Mapping[str, str]) -> tuple[str, str]:
+    """The stack's key pair, as the stand-in's test hooks and its file server take it (Basic)."""
+    return env["CLEARML_API_ACCESS_KEY"], env["CLEARML_API_SECRET_KEY"]
+
+
+def standin_stats(env: Mapping[str, str]) -> dict[str, Any]:
     """The stand-in's counters (`calls` by endpoint, ...)."""
-    return dict(httpx.get(f"{api_url}/_standin/stats", timeout=10).json())
-
-
-def reset_standin_stats(api_url: str) -> None:
-    httpx.post(f"{api_url}/_standin/reset_stats", timeout=10)
-
-
-def set_faults(api_url: str, **settings: Any) -> dict[str, Any]:
-    """Switch the stand-in's fault injection (rate, kinds, delay_s, seed; rate=0.0 turns it off);
-    returns its answer (`injected` by kind so far)."""
-    res = httpx.post(f"{api_url}/_standin/faults", json=settings, timeout=10)
+    res = httpx.get(f"{env['CLEARML_API_HOST']}/_standin/stats", auth=stack_auth(env), timeout=10)
     res.raise_for_status()
     return dict(res.json())
+
+
+def reset_standin_stats(env: Mapping[str, str]) -> None:
+    httpx.post(f"{env['CLEARML_API_HOST']}/_standin/reset_stats", auth=stack_auth(env), timeout=10).raise_for_status()
+
+
+def set_faults(env: Mapping[str, str], **settings: Any) -> dict[str, Any]:
+    """Switch the stand-in's fault injection (rate, kinds, delay_s, seed; rate=0.0 turns it off);
+    returns its answer (`injected` by kind so far)."""
+    res = httpx.post(f"{env['CLEARML_API_HOST']}/_standin/faults", json=settings, auth=stack_auth(env), timeout=10)
+    res.raise_for_status()
+    return dict(res.json())
+
+
+def fetch_file(env: Mapping[str, str], url: str, timeout: float = 30) -> httpx.Response:
+    """GET a file-server URL with the stack's credentials (the file server refuses anonymous reads)."""
+    return httpx.get(url, auth=stack_auth(env), timeout=timeout)
 
 
 def admin_client(env: dict[str, str], timeout: float = 10.0) -> AdminClient:
@@ -56,13 +69,13 @@ class StackHandle:
         return self.env["CLEARML_API_HOST"]
 
     def stats(self) -> dict[str, Any]:
-        return standin_stats(self.api_url)
+        return standin_stats(self.env)
 
     def reset_stats(self) -> None:
-        reset_standin_stats(self.api_url)
+        reset_standin_stats(self.env)
 
     def faults(self, **settings: Any) -> dict[str, Any]:
-        return set_faults(self.api_url, **settings)
+        return set_faults(self.env, **settings)
 
 
 def start_stack(data_dir: Path, validate: bool = False) -> StackHandle:

@@ -9,12 +9,12 @@ and `only_fields` projection with dotted paths.
 from __future__ import annotations
 
 import functools
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from clearml_standin import regex_budget
 from clearml_standin.api import ApiError, Ctx, Sub, missing
 
 Doc = dict[str, Any]
@@ -186,17 +186,11 @@ def match_regex(value: Any, pattern: Any, field_name: str = "name") -> bool:
     if pattern is None or pattern == "":
         return True
     if not isinstance(pattern, str):
-        raise _invalid(f"'{field_name}' must be a string (a regular expression), got {pattern!r}")
+        raise _invalid(f"'{field_name}' must be a string (a regular expression), got {str(pattern)[:80]!r}")
     try:
-        return _compiled(pattern).search(str(value or "")) is not None
-    except re.error as exc:
-        raise ApiError(f"Invalid regular expression for '{field_name}': {exc}", subcode=Sub.VALIDATION) from exc
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    # One query matches the same pattern against every document: compile it once.
-    return re.compile(pattern, flags=re.IGNORECASE)
+        return regex_budget.search(pattern, str(value or ""), field_name)
+    except regex_budget.PatternRefused as exc:
+        raise ApiError(str(exc), subcode=Sub.VALIDATION) from None
 
 
 def match_values(value: Any, wanted: Any) -> bool:

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from automation.results import TaskResult
@@ -27,7 +26,7 @@ from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
 from automation.specs.model_ref import ModelRef
-from testing.stacks import StackHandle
+from testing.stacks import StackHandle, fetch_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -132,7 +131,7 @@ def test_compress_reports_and_uploads_loadable_models(compressed: dict[str, Task
 
 
 def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str, TaskResult],
-                                                         compressed: dict[str, TaskResult]) -> None:
+                                                         compressed: dict[str, TaskResult], stack: StackHandle) -> None:
     base, w8a8 = evals_and_fp8["base"], evals_and_fp8["w8a8"]
     for result in (base, w8a8):
         v = result.values
@@ -150,7 +149,7 @@ def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str
     ratio = w8a8.values["tiny_ppl/word_perplexity"].value / base.values["tiny_ppl/word_perplexity"].value
     assert ratio <= 1.05
     # lm-eval's full results (task configs, versions, n-shot) are downloadable next to the summary
-    full = httpx.get(base.artifacts["lm_eval_results"], timeout=30).json()
+    full = fetch_file(stack.env, base.artifacts["lm_eval_results"]).json()
     assert {"configs", "versions", "n-shot", "higher_is_better"} <= set(full) and "samples" not in full
     # the metrics were attached to the input ClearML model
     from clearml import InputModel
@@ -159,7 +158,7 @@ def test_evaluate_reports_metrics_with_stderr_and_counts(evals_and_fp8: dict[str
     assert float(metadata["eval/tiny_mc/acc"]["value"]) == w8a8.values["tiny_mc/acc"].value
 
 
-def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, TaskResult]) -> None:
+def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, TaskResult], stack: StackHandle) -> None:
     bench = evals_and_fp8["bench"]
     v = bench.values
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "request_latency_s"):
@@ -169,8 +168,9 @@ def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, Task
     assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 6
     assert v["error_fraction"].value == 0
     assert {"server_log", "guidellm_report", "guidellm_report_html", "benchmark_result"} <= set(bench.artifacts)
-    html = httpx.get(bench.artifacts["guidellm_report_html"], timeout=30)
+    html = fetch_file(stack.env, bench.artifacts["guidellm_report_html"])
     assert html.status_code == 200 and "<html" in html.text[:2000].lower()
+    assert html.headers["content-disposition"].startswith("attachment")  # never run as a page of the server
 
 
 def test_a_second_run_reuses_finished_work(compressed: dict[str, TaskResult], tiny: Path) -> None:

@@ -38,7 +38,7 @@ from automation.regression.report.clearml import publish_clearml
 from automation.regression.report_model import Report
 from flows.publish import publish_prefect
 from testing.prefect_server import PrefectServer
-from testing.stacks import StackHandle
+from testing.stacks import StackHandle, fetch_file
 from tests.report_samples import sample_report
 
 pytestmark = pytest.mark.integration
@@ -135,14 +135,15 @@ def stored_plots(stack: StackHandle, task_id: str) -> dict[str, Any]:
 
 def test_artifacts_download_from_the_file_server(env: dict[str, str]) -> None:
     published = publish(make("files"))
-    res = httpx.get(published.plot_url or "", timeout=10)
+    assert httpx.get(published.plot_url or "", timeout=10).status_code == 401  # credentials wanted
+    res = fetch_file(env, published.plot_url or "")
     assert res.status_code == 200 and res.headers["content-type"].startswith("image/svg")
     assert ET.fromstring(res.text).tag == "{http://www.w3.org/2000/svg}svg"
     artifacts = {a["key"]: a for a in task_doc(published.summary_task_id or "")["execution"]["artifacts"]}
     assert set(artifacts) == {"report_plot", "report_json", "report_markdown"}
-    stored = Report.model_validate_json(httpx.get(artifacts["report_json"]["uri"], timeout=10).text)
+    stored = Report.model_validate_json(fetch_file(env, artifacts["report_json"]["uri"]).text)
     assert stored.cells == published.cells
-    markdown = httpx.get(artifacts["report_markdown"]["uri"], timeout=10).text
+    markdown = fetch_file(env, artifacts["report_markdown"]["uri"]).text
     assert markdown.startswith("# tiny nightly") and artifacts["report_markdown"]["content_size"] == len(
         markdown.encode())
 

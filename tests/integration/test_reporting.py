@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from testing.stacks import StackHandle
+from testing.stacks import StackHandle, fetch_file
 
 pytestmark = pytest.mark.integration
 
@@ -164,19 +164,28 @@ def test_agent_run_reports_scalars_artifacts_and_model(local_stack: StackHandle,
     assert "<b>" not in sections["Parameters"]
     config_text = html.unescape(sections["Configuration"])
     assert CONFIG_NAME in config_text and CONFIG_TEXT.strip() in config_text
-    # download links are the very URLs the SDK reports, and they serve the bytes that were uploaded
+    # Download links: the page's own downloads of the very URLs the SDK reports (a browser holds no
+    # credentials for the file server); they serve the bytes that were uploaded, as attachments.
+    web = local_stack.env["CLEARML_WEB_HOST"]
     artifact_links = _hrefs(sections["Artifacts"])
     model_links = _hrefs(sections["Models"])
+
+    def page_link(url: str) -> str:
+        return "/files/" + url.removeprefix(files_url + "/")
+
     expected = {
         task.artifacts["notes"].url: lambda body: body.decode() == NOTES,
         task.artifacts["summary"].url: lambda body: json.loads(body) == SUMMARY,
     }
-    assert set(expected) <= set(artifact_links), (artifact_links, list(expected))
-    assert model.url in model_links, (model_links, model.url)
+    assert {page_link(u) for u in expected} <= set(artifact_links), (artifact_links, list(expected))
+    assert page_link(model.url) in model_links, (model_links, model.url)
     expected[model.url] = lambda body: body == WEIGHTS
     for url, ok in expected.items():
-        res = httpx.get(url, timeout=10)
+        res = httpx.get(web + page_link(url), timeout=10)
         assert res.status_code == 200 and ok(res.content), url
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert httpx.get(url, timeout=10).status_code == 401  # the file server itself wants credentials
+        assert fetch_file(local_stack.env, url).content == res.content
 
     stats = local_stack.stats()
     assert stats["contract_errors"] == []

@@ -23,7 +23,7 @@ from automation.clearml.admin import AdminClient
 from automation.devstack import procs
 from automation.devstack.layout import DataDir
 from automation.devstack.stack import LocalStack
-from testing.stacks import admin_client
+from testing.stacks import admin_client, fetch_file, stack_auth
 from testing.waits import wait_for
 
 pytestmark = pytest.mark.integration
@@ -176,7 +176,9 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     api = admin_client(env)
     project_id = api.call("projects.create", {"name": "lifecycle-check"})["id"]
     files = env["CLEARML_FILES_HOST"]
-    assert httpx.post(f"{files}/lifecycle/", files={"kept/blob.bin": ("blob.bin", BLOB)}, timeout=10).status_code == 200
+    upload = {"kept/blob.bin": ("blob.bin", BLOB)}
+    assert httpx.post(f"{files}/lifecycle/", files=upload, timeout=10).status_code == 401  # anonymous
+    assert httpx.post(f"{files}/lifecycle/", files=upload, auth=stack_auth(env), timeout=10).status_code == 200
 
     # A task that ignores SIGTERM is running under the agent when `down` comes.
     long_script = tmp_path / "long_task.py"
@@ -210,7 +212,7 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     api = admin_client(env)
     projects = api.call("projects.get_all", {"name": "^lifecycle-check$"})["projects"]
     assert [p["id"] for p in projects] == [project_id]
-    assert httpx.get(f"{files}/lifecycle/kept/blob.bin", timeout=10).content == BLOB
+    assert fetch_file(env, f"{files}/lifecycle/kept/blob.bin").content == BLOB
     deadline = time.monotonic() + 30
     while not _fresh_workers(api, restarted):
         assert time.monotonic() < deadline, "the agent did not register again after up"

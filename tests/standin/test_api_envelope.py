@@ -94,16 +94,18 @@ def test_call_counts_and_contract_check(client: TestClient) -> None:
     auth = {"Authorization": f"Bearer {_login(client)}"}
     client.post("/projects.create", headers=auth, json={"name": "counted"})
     client.post("/projects.get_all", headers=auth, json={"name": "^counted$"})
-    stats = client.get("/_standin/stats").json()
+    assert client.get("/_standin/stats").status_code == 401  # the test hooks want credentials too
+    stats = client.get("/_standin/stats", headers=auth).json()
     assert stats["calls"]["projects.create"] == 1 and stats["calls"]["projects.get_all"] == 1
     assert stats["contract_errors"] == []
 
 
 def test_fault_injection_is_switchable(client: TestClient) -> None:
     auth = {"Authorization": f"Bearer {_login(client)}"}
-    client.post("/_standin/faults", json={"rate": 1.0, "kinds": ["error"]})
+    assert client.post("/_standin/faults", json={"rate": 1.0, "kinds": ["error"]}).status_code == 401
+    client.post("/_standin/faults", headers=auth, json={"rate": 1.0, "kinds": ["error"]})
     assert client.post("/projects.get_all", headers=auth, json={}).status_code == 503
-    client.post("/_standin/faults", json={"rate": 0.0})
+    client.post("/_standin/faults", headers=auth, json={"rate": 0.0})
     assert client.post("/projects.get_all", headers=auth, json={}).status_code == 200
 
 

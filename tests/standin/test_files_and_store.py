@@ -3,6 +3,7 @@ models handlers keep in the store, all in process (no servers, no sockets)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -17,7 +18,11 @@ from starlette.testclient import TestClient
 from clearml_standin.api import ApiError, CallLog, Ctx, handlers
 from clearml_standin.files import FileServer, UnsafePath, safe_join
 from clearml_standin.store import Store
+from clearml_standin.tokens import Authenticator, Credentials
 from clearml_standin.web import WebUI
+
+CREDS = Credentials(access_key="AK", secret_key="SK", token_secret="a-test-token-secret-of-32-bytes-or-more")
+BASIC = "Basic " + base64.b64encode(b"AK:SK").decode()
 
 
 # -- Store ---------------------------------------------------------------------------------------
@@ -131,7 +136,8 @@ def test_safe_join_refuses_symlink_escape(tmp_path: Path) -> None:
 @pytest.fixture()
 def files(tmp_path: Path) -> tuple[TestClient, Path]:
     root = tmp_path / "files"
-    return TestClient(FileServer(root).app), root
+    server = FileServer(root, Authenticator(CREDS), own_urls=("http://files",), web_url="http://web")
+    return TestClient(server.app, base_url="http://files", headers={"Authorization": BASIC}), root
 
 
 def test_upload_uses_field_name_as_path_and_downloads(files: tuple[TestClient, Path]) -> None:
@@ -332,7 +338,7 @@ def test_web_task_page_escapes_and_404s(api: Api) -> None:
                                        {"key": "ok", "type": "custom", "uri": "http://files/ok.json"}]}
     api.store.put("task", "t1", task)
     api("events.add_batch", {"requests": [_scalar(0, 0.25)]})
-    client = TestClient(WebUI(api.store, files_url="http://files", web_url="http://web").app)
+    client = TestClient(WebUI(api.store, files_url="http://files", web_url="http://web").app, base_url="http://web")
 
     page = client.get("/projects/p1/experiments/t1/output/log")
     assert page.status_code == 200
@@ -399,4 +405,4 @@ def test_contract_errors_reach_disk_before_the_response(tmp_path: Path) -> None:
     assert [e.split(":")[0] for e in saved["contract_errors"][1:]] == ["projects.create"]
     assert client.post("/nosuch.endpoint", json={}, auth=("AK", "SK")).status_code == 400
     assert json.loads(calls_file.read_text())["unsupported"] == {"nosuch.endpoint": 1}
-    assert client.get("/_standin/stats").json()["contract_errors"] == saved["contract_errors"]
+    assert client.get("/_standin/stats", auth=("AK", "SK")).json()["contract_errors"] == saved["contract_errors"]

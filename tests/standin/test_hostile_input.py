@@ -82,7 +82,7 @@ def test_a_stored_lone_surrogate_does_not_break_listing(standin: StandInApp, cli
     for endpoint, body in (("tasks.get_all", {}), ("tasks.get_by_id", {"task": task_id})):
         res = client.post(f"/{endpoint}", headers=headers, json=body)
         assert res.status_code == 200, (endpoint, res.text)
-    web = TestClient(WebUI(standin.store, files_url="http://files", web_url="http://web").app,
+    web = TestClient(WebUI(standin.store, files_url="http://files", web_url="http://web").app, base_url="http://web",
                      raise_server_exceptions=False)
     assert web.get("/").status_code == 200
 
