@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +39,8 @@ log = logging.getLogger("clearml_standin.api")
 # held whole. Parsing the largest accepted single JSON document holds the GIL for about half a second.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 PARSE_INLINE_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
+# Answered on the event loop: they read nothing of the store, so a health check never waits for it.
+LOOP_ENDPOINTS = frozenset({"debug.ping", "server.info"})
 MAX_JSON_DEPTH = 64  # the SDK nests configuration and hyper-parameters a handful of levels deep
 
 
@@ -307,6 +310,8 @@ class StandInApp:
                     raise ApiError(f"Validation error: expiration_sec must be a whole number of seconds, "
                                    f"got {str(exp)[:40]!r}", 400, Sub.VALIDATION)
                 data: dict[str, Any] | None = {"token": self.issue_token(int(exp) if exp is not None else None)}
+            elif name in LOOP_ENDPOINTS:
+                data = handler(self.ctx(name), body)
             else:
                 # On the store's thread: the loop keeps serving while it runs; regexes are timed.
                 data = await self.store.run(request_budget(handler), self.ctx(name), body)
@@ -315,7 +320,8 @@ class StandInApp:
             response = self._envelope(name, requested, 200, 0, "OK", data)
         except ApiError as err:
             response = self._envelope(name, requested, err.code, err.subcode, err.msg, {}, err.http_status)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, sqlite3.InterfaceError) as exc:
+            # (InterfaceError: a request value of a type SQLite cannot bind reached a query)
             # A handler that trips over a wrongly typed or shaped field is a bad request, not a
             # server fault: answer like clearml-server's schema validation does, naming the field.
             log.warning("bad request to %s: %r", name, exc, exc_info=True)

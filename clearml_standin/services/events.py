@@ -520,6 +520,9 @@ def vector_metrics_iter_histogram(ctx: Ctx, body: dict[str, Any]) -> dict[str, A
 @endpoint("events.get_task_metrics")
 def get_task_metrics(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     ev_type = body.get("event_type")
+    if ev_type is not None and not isinstance(ev_type, str):
+        raise ApiError(f"Validation error: 'event_type' must be an event type name, got {str(ev_type)[:60]!r}",
+                       subcode=Sub.VALIDATION)
     types = [ev_type] if ev_type else list(METRIC_TYPES)
     model_events = bool(body.get("model_events"))
     out = []

@@ -5,6 +5,7 @@ no exception text in any answer."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ LIMIT = 64 * 1024
 
 @pytest.fixture()
 def standin(tmp_path: Path) -> StandInApp:
-    return StandInApp(Store(tmp_path / "db.sqlite"), CREDS, api_url="http://api", files_url="http://files",
+    return StandInApp(Store(tmp_path / "db.sqlite"), dataclasses.replace(CREDS), api_url="http://api", files_url="http://files",
                       web_url="http://web", max_body_bytes=LIMIT)
 
 
@@ -37,7 +38,9 @@ def _auth(client: TestClient) -> dict[str, str]:
 
 
 def _create(client: TestClient, headers: dict[str, str], name: str) -> str:
-    project = client.post("/projects.create", headers=headers, json={"name": "hostile"}).json()["data"]["id"]
+    found = client.post("/projects.get_all", headers=headers, json={"name": "^hostile$"}).json()["data"]["projects"]
+    project = found[0]["id"] if found else \
+        client.post("/projects.create", headers=headers, json={"name": "hostile"}).json()["data"]["id"]
     res = client.post("/tasks.create", headers=headers,
                       content=json.dumps({"name": name, "project": project, "type": "testing"}))
     return str(res.json()["data"].get("id", "")) if res.status_code == 200 else res.text
@@ -113,3 +116,143 @@ def test_token_lifetime_is_bounded_and_a_rotated_key_revokes_tokens(standin: Sta
     res = client.post("/tasks.get_all", headers=bearer, json={})
     assert res.status_code == 401 and "another key" in res.json()["meta"]["result_msg"]
 
+
+
+# -- regular expressions -----------------------------------------------------------------------------
+def test_a_catastrophic_regex_runs_out_of_its_budget_and_is_a_400(client: TestClient) -> None:
+    import time
+
+    from clearml_standin.regex_budget import REGEX_BUDGET_S
+
+    headers = _auth(client)
+    for i in range(20):
+        _create(client, headers, "a" * 25 + f"!{i}")
+    started = time.monotonic()
+    res = client.post("/tasks.get_all", headers=headers, json={"name": "(a|a)+$"})
+    took = time.monotonic() - started
+    assert res.status_code == 400 and "too expensive" in res.json()["meta"]["result_msg"], res.text
+    assert took < REGEX_BUDGET_S + 1.0  # one budget for all twenty names, not one each
+    long_pattern = client.post("/tasks.get_all", headers=headers, json={"name": "a" * 10_000})
+    assert long_pattern.status_code == 400 and "characters long" in long_pattern.json()["meta"]["result_msg"]
+    broken = client.post("/projects.get_all", headers=headers, json={"name": "(unclosed"})
+    assert broken.status_code == 400 and "Invalid regular expression for 'name'" in broken.json()["meta"]["result_msg"]
+    # an ordinary filter still works, case-insensitively like clearml-server's
+    plain = client.post("/tasks.get_all", headers=headers, json={"name": "^A{25}!1$", "only_fields": ["name"]})
+    assert [t["name"] for t in plain.json()["data"]["tasks"]] == ["a" * 25 + "!1"]
+
+
+def test_a_non_string_event_type_is_a_400(client: TestClient) -> None:
+    headers = _auth(client)
+    task_id = _create(client, headers, "events-typed")
+    res = client.post("/events.get_task_metrics", headers=headers,
+                      json={"tasks": [task_id], "event_type": {"$gt": ""}})
+    assert res.status_code == 400 and "event_type" in res.json()["meta"]["result_msg"]
+
+
+# -- every endpoint, malformed bodies: never a 5xx -------------------------------------------------------
+def test_malformed_bodies_to_every_endpoint_are_never_a_5xx(standin: StandInApp, client: TestClient) -> None:
+    """A seeded fuzz: each endpoint gets bodies whose fields have the wrong types and shapes (ids that
+    are dicts, filters that are Mongo operators, huge numbers, NUL bytes, event batches of junk)."""
+    import random
+
+    headers = _auth(client)
+    task_id = _create(client, headers, "fuzz-target")
+    values: list[object] = [None, True, 0, -1, 2**70, 1e308, "", "x", "\x00", "a" * 5000, [], [1], ["x"], [None],
+                            [{}], {}, {"a": 1}, {"$ne": None}, [[[]]], task_id, [task_id], "-x", "__$not",
+                            ["__$not", "x"], {"task": task_id}]
+    fields = ["task", "tasks", "id", "ids", "project", "projects", "name", "model", "models", "queue", "queues",
+              "only_fields", "order_by", "page", "page_size", "tags", "system_tags", "status", "iters", "metrics",
+              "event_type", "scroll_id", "batch_size", "type", "worker", "execution", "hyperparams",
+              "configuration", "force", "uri", "labels", "design", "metadata", "metric", "variant", "events",
+              "navigate_earlier", "from_timestamp", "search_hidden", "runtime", "script", "names", "sections",
+              "items", "parent", "last_update", "comment", "output_dest"]
+    rng = random.Random(13)
+    refused: dict[str, int] = {}
+    sent = 0
+    for name in sorted(standin.handlers):
+        for _ in range(8):
+            body: object = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(1, 6))}
+            if rng.random() < 0.25:
+                body = rng.choice([[], [1], "x", 5, [{"task": task_id, "type": rng.choice(["log", "plot", 5, None]),
+                                                      "metric": rng.choice(values), "iter": rng.choice(values)}]])
+            res = client.post(f"/{name}", headers=headers, content=json.dumps(body))
+            sent += 1
+            if res.status_code >= 500:
+                refused[name] = res.status_code
+            assert "Traceback" not in res.text
+    assert sent > 700 and refused == {}, refused
+
+
+# -- the file server ----------------------------------------------------------------------------------------
+@pytest.fixture()
+def files(tmp_path: Path) -> tuple[TestClient, Path]:
+    from clearml_standin.files import FileServer
+    from clearml_standin.tokens import Authenticator
+
+    root = tmp_path / "files"
+    server = FileServer(root, Authenticator(CREDS), own_urls=("http://files",), web_url="http://web")
+    return TestClient(server.app, base_url="http://files", raise_server_exceptions=False), root
+
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"AK:SK").decode()}
+
+
+def test_the_file_server_wants_credentials_for_every_method(files: tuple[TestClient, Path],
+                                                            client: TestClient) -> None:
+    web, root = files
+    assert web.post("/p/", files={"a.txt": ("a.txt", b"x")}).status_code == 401
+    assert not (root / "p").exists()
+    assert web.post("/p/", files={"a.txt": ("a.txt", b"x")}, headers=BASIC).status_code == 200
+    assert web.get("/p/a.txt").status_code == 401
+    assert web.delete("/p/a.txt").status_code == 401 and (root / "p/a.txt").exists()
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"AK:nope").decode()}
+    assert web.delete("/p/a.txt", headers=wrong).status_code == 401
+    bearer = _auth(client)  # a session token from the API, as the SDK attaches to file requests
+    assert web.get("/p/a.txt", headers=bearer).content == b"x"
+    assert web.delete("/p/a.txt", headers=bearer).status_code == 200 and not (root / "p/a.txt").exists()
+
+
+def test_the_file_server_refuses_other_hosts_and_other_origins(files: tuple[TestClient, Path]) -> None:
+    web, root = files
+    rebound = web.get("/p/a.txt", headers={**BASIC, "Host": "attacker.example"})
+    assert rebound.status_code == 400  # a DNS name rebound to loopback is not this server
+    cross = web.post("/p/", files={"a.txt": ("a.txt", b"x")}, headers={**BASIC, "Origin": "http://attacker.example"})
+    assert cross.status_code == 403 and not (root / "p").exists()
+    own = web.post("/p/", files={"a.txt": ("a.txt", b"x")}, headers={**BASIC, "Origin": "http://web"})
+    assert own.status_code == 200
+
+
+@pytest.mark.parametrize(("field", "status"), [
+    ("x" * 300 + ".txt", 400),
+    ("/".join(["d"] * 3000), 400),
+    ("folder", 409),              # a folder is the target
+    ("plain.txt/below.txt", 409),  # a path below a file
+])
+def test_unusable_upload_targets_are_a_4xx(files: tuple[TestClient, Path], field: str, status: int) -> None:
+    web, root = files
+    (root / "p" / "folder").mkdir(parents=True)
+    (root / "p" / "plain.txt").write_text("kept")
+    res = web.post("/p/", files={field: ("f", b"x")}, headers=BASIC)
+    assert res.status_code == status, res.text
+    assert (root / "p" / "plain.txt").read_text() == "kept" and not list(root.rglob(".upload-*"))
+
+
+def test_a_nul_byte_in_a_file_path_is_a_400(files: tuple[TestClient, Path]) -> None:
+    web, _ = files
+    assert web.get("/p/a%00b.txt", headers=BASIC).status_code == 400
+    assert web.delete("/p/a%00b.txt", headers=BASIC).status_code == 400
+    assert web.post("/p%00q/", files={"f.txt": ("f", b"x")}, headers=BASIC).status_code == 400
+
+
+def test_downloads_are_never_run_as_pages(files: tuple[TestClient, Path]) -> None:
+    web, _ = files
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    web.post("/p/", files={"evil.html": ("evil.html", page), "pic.png": ("pic.png", b"\x89PNG"),
+                           "plot.svg": ("plot.svg", b"<svg/>")}, headers=BASIC)
+    for name in ("evil.html", "plot.svg"):
+        res = web.get(f"/p/{name}", headers=BASIC)
+        assert res.status_code == 200 and res.headers["content-disposition"].startswith("attachment"), name
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert res.headers["content-security-policy"] == "sandbox"
+    picture = web.get("/p/pic.png", headers=BASIC)
+    assert picture.headers["content-type"] == "image/png" and "content-disposition" not in picture.headers
