@@ -39,7 +39,6 @@ class Server:
     web: str
     token: str = ""
     task_id: str = ""
-    errors: list[str] = field(default_factory=list)
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -66,7 +65,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         wait_for("the stand-in to listen", lambda: (run / "server.ready").exists() or proc.poll() is not None,
                  timeout_s=60, every_s=0.1)
         assert proc.poll() is None, (root / "server.log").read_text()
-        srv = Server(proc, *(f"http://127.0.0.1:{ports[n]}" for n in ("api", "files", "web")))
+        api, files, web = (f"http://127.0.0.1:{ports[n]}" for n in ("api", "files", "web"))
+        srv = Server(proc, api, files, web)
         srv.token = httpx.post(f"{srv.api}/auth.login", auth=(KEY, SECRET), json={}, timeout=10).json()["data"]["token"]
         project = srv.call("projects.create", {"name": "attacked"}).json()["data"]["id"]
         for i in range(50):  # names a catastrophic pattern chews on
