@@ -314,7 +314,7 @@ class StandInApp:
                 data = handler(self.ctx(name), body)
             else:
                 # On the store's thread: the loop keeps serving while it runs; regexes are timed.
-                data = await self.store.run(request_budget(handler), self.ctx(name), body)
+                data = await self.store.run(request_budget(self._in_transaction), handler, self.ctx(name), body)
             data = data or {}
             self.calls.check(name, data)
             response = self._envelope(name, requested, 200, 0, "OK", data)
@@ -346,6 +346,11 @@ class StandInApp:
                 raise ApiError(f"Request body too large (over {self.max_body_bytes} bytes)", 413, Sub.VALIDATION)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _in_transaction(self, handler: Handler, ctx: Ctx, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One request, one transaction: a handler that fails half-way leaves nothing half-written."""
+        with self.store.transaction():
+            return handler(ctx, body)
 
     def _authenticate(self, request: Request, name: str) -> None:
         try:

@@ -67,7 +67,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
-        self._in_tx = 0
+        self._undo: list[dict[tuple[str, str], Doc | None]] = []  # one per open (nested) transaction
         self._docs: dict[str, dict[str, Doc]] = {}
         for kind, id_, raw in self._db.execute("SELECT kind, id, doc FROM docs"):
             self._docs.setdefault(kind, {})[id_] = json.loads(raw)
@@ -80,34 +80,39 @@ class Store:
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes so that a request's changes are committed (or dropped) together."""
+        """Group writes so that they are committed (or dropped) together. Nested, an inner block is
+        a savepoint: its failure drops only its own writes (a batch call keeps the items that
+        succeeded), while the outer block still commits or drops everything."""
         with self._lock:
-            outer = self._in_tx == 0
-            if outer:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._undo: dict[tuple[str, str], Doc | None] = {}
-            self._in_tx += 1
+            level = len(self._undo)
+            self._db.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT sp{level}")
+            self._undo.append({})
             try:
                 yield
             except BaseException:
-                self._in_tx -= 1
-                if outer:
-                    self._db.execute("ROLLBACK")
-                    for (kind, id_), old in self._undo.items():
-                        if old is None:
-                            self._docs.get(kind, {}).pop(id_, None)
-                        else:
-                            self._docs.setdefault(kind, {})[id_] = old
+                undo = self._undo.pop()
+                self._db.execute("ROLLBACK" if level == 0 else f"ROLLBACK TO sp{level}")
+                if level:
+                    self._db.execute(f"RELEASE sp{level}")
+                for (kind, id_), old in undo.items():
+                    if old is None:
+                        self._docs.get(kind, {}).pop(id_, None)
+                    else:
+                        self._docs.setdefault(kind, {})[id_] = old
                 raise
+            undo = self._undo.pop()
+            if level == 0:
+                self._db.execute("COMMIT")
             else:
-                self._in_tx -= 1
-                if outer:
-                    self._db.execute("COMMIT")
+                self._db.execute(f"RELEASE sp{level}")
+                for key, old in undo.items():  # the enclosing block's older value wins
+                    self._undo[-1].setdefault(key, old)
 
     def _remember(self, kind: str, id_: str) -> None:
-        """Keep a doc's pre-transaction value once, so a rollback restores the in-memory index."""
-        if (kind, id_) not in self._undo:
-            self._undo[(kind, id_)] = self._docs.get(kind, {}).get(id_)
+        """Keep a doc's value from before this (innermost) block once, so a rollback restores the
+        in-memory index."""
+        if (kind, id_) not in self._undo[-1]:
+            self._undo[-1][(kind, id_)] = self._docs.get(kind, {}).get(id_)
 
     # -- documents ----------------------------------------------------------------------------
     def get(self, kind: str, id_: str) -> Doc | None:

@@ -117,12 +117,29 @@ def _get_path(doc: Doc, dotted: str) -> tuple[bool, Any]:
     return True, cur
 
 
-def _set_path(out: Doc, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cur = out
-    for part in parts[:-1]:
-        cur = cur.setdefault(part, {})
-    cur[parts[-1]] = value
+def _project_path(doc: Doc, parts: list[str], out: Doc) -> None:
+    """Copy doc's value at the dotted path into out, as a MongoDB inclusion projection does: an
+    existing parent object is kept even when the leaf is missing (`runtime.version` of
+    `runtime: {}` is `runtime: {}`), and a list of objects is projected element by element."""
+    head, rest = parts[0], parts[1:]
+    if head not in doc:
+        return
+    value = doc[head]
+    if not rest:
+        out[head] = value
+        return
+    if isinstance(value, dict):
+        sub = out.get(head)
+        if not isinstance(sub, dict):
+            sub = out[head] = {}
+        _project_path(value, rest, sub)
+    elif isinstance(value, list):
+        dicts = [v for v in value if isinstance(v, dict)]
+        previous = out.get(head)  # another field of the same list, projected before
+        items = previous if isinstance(previous, list) and len(previous) == len(dicts) else [{} for _ in dicts]
+        for item, sub_out in zip(dicts, items, strict=True):
+            _project_path(item, rest, sub_out)
+        out[head] = items
 
 
 def project_fields(doc: Doc, only_fields: Sequence[str] | None) -> Doc:
@@ -134,9 +151,7 @@ def project_fields(doc: Doc, only_fields: Sequence[str] | None) -> Doc:
     for name in only_fields:
         if name.startswith("-"):
             continue
-        found, value = _get_path(doc, name)
-        if found:
-            _set_path(out, name, value)
+        _project_path(doc, name.split("."), out)
     excluded = [n[1:] for n in only_fields if n.startswith("-")]
     if excluded and len(excluded) == len(only_fields):
         out = dict(doc)
@@ -147,8 +162,8 @@ def project_fields(doc: Doc, only_fields: Sequence[str] | None) -> Doc:
 
 # -- filters ---------------------------------------------------------------------------------
 def match_tags(have: Iterable[str], wanted: Sequence[str] | None, field_name: str = "tags") -> bool:
-    """ClearML tag filter: plain tags are any-of, `-tag` excludes, `__$all`/`__$any`/`__$not`
-    switch the mode for the tags after them."""
+    """ClearML tag filter: plain tags are any-of, `-tag` excludes, `__$all`/`__$any` switch the
+    mode for the tags after them, `__$not` negates the one tag after it."""
     wanted = str_list(wanted, field_name)
     if not wanted:
         return True
@@ -156,6 +171,7 @@ def match_tags(have: Iterable[str], wanted: Sequence[str] | None, field_name: st
     include: list[str] = []
     exclude: list[str] = []
     mode = "any"
+    negate_next = False
     all_include: list[str] = []
     for tag in wanted:
         if tag in ("__$all", "__$and"):
@@ -165,12 +181,13 @@ def match_tags(have: Iterable[str], wanted: Sequence[str] | None, field_name: st
             mode = "any"
             continue
         if tag == "__$not":
-            mode = "not"
+            negate_next = True  # clearml-server: negates the one tag that follows, not the rest
             continue
         if tag.startswith("-"):
             exclude.append(tag[1:])
-        elif mode == "not":
+        elif negate_next:
             exclude.append(tag)
+            negate_next = False
         elif mode == "all":
             all_include.append(tag)
         else:

@@ -118,6 +118,11 @@ def test_tag_filter_semantics() -> None:
     assert match_tags(["a", "b"], ["__$all", "a", "b"])
     assert not match_tags(["a"], ["__$all", "a", "b"])
     assert not match_tags(["a", "c"], ["__$not", "c"])
+    # __$not negates only the tag after it: "not c, or d" (clearml-server's semantics)
+    assert match_tags(["d", "c"], ["__$not", "c", "d"]) is False  # c excluded
+    assert match_tags(["d"], ["__$not", "c", "d"])                # d is wanted, not excluded
+    assert not match_tags(["e"], ["__$not", "c", "d"])
+    assert match_tags(["a", "b"], ["__$all", "a", "__$not", "c", "b"])
 
 
 def test_value_filter_projection_and_paging() -> None:
@@ -127,6 +132,14 @@ def test_value_filter_projection_and_paging() -> None:
     doc = {"id": "t1", "status": "queued", "execution": {"queue": "q", "parameters": {}}, "name": "n"}
     assert project_fields(doc, ["status", "execution.queue"]) == {
         "id": "t1", "status": "queued", "execution": {"queue": "q"}}
+    # Like a MongoDB projection: an existing empty parent stays (Dataset.create reads runtime.version
+    # of `runtime: {}`), a missing one does not appear, a list of objects is projected per element.
+    assert project_fields({"id": "t", "runtime": {}}, ["runtime.version"]) == {"id": "t", "runtime": {}}
+    assert project_fields({"id": "t", "runtime": {"x": 1}}, ["runtime.version"]) == {"id": "t", "runtime": {}}
+    assert project_fields({"id": "t"}, ["runtime.version"]) == {"id": "t"}
+    arts = {"id": "t", "execution": {"artifacts": [{"key": "a", "uri": "u", "size": 1}, {"key": "b"}, "junk"]}}
+    assert project_fields(arts, ["execution.artifacts.key", "execution.artifacts.uri"]) == {
+        "id": "t", "execution": {"artifacts": [{"key": "a", "uri": "u"}, {"key": "b"}]}}
     docs = [{"id": str(i), "n": i} for i in range(10)]
     assert [d["n"] for d in order_and_page(list(docs), {"order_by": ["-n"], "page": 1, "page_size": 3})] == [6, 5, 4]
 
