@@ -99,14 +99,38 @@ def build(tiny_model: Path | None = None, nightly_every_s: float | None = None,
     return [cast("RunnerDeployment", d) for name, d in deployments.items() if not only or name in only]
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny-model", type=Path, help="local stack: defaults run this tiny model")
-    parser.add_argument("--nightly-every", type=float, metavar="SECONDS",
+    parser.add_argument("--nightly-every", type=_positive_seconds, metavar="SECONDS",
                         help="schedule the nightly every SECONDS from now instead of its cron (try-outs, tests)")
     parser.add_argument("--only", action="append", help="serve only this deployment (repeatable)")
     parser.add_argument("--limit", type=int, help="most concurrent runs of this process")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit: at least 1 concurrent run")
+    if args.tiny_model is not None and not args.tiny_model.is_dir():
+        parser.error(f"--tiny-model: no model folder {args.tiny_model}")
+
+    from automation.errors import AutomationError
+    from automation.prefect_api import check_prefect_api
+    from automation.regression.settings import settings
+
+    try:
+        settings()  # a malformed AUTOMATION_NIGHTLY_MATRIX fails now, not when the nightly fires
+        check_prefect_api()
+    except AutomationError as exc:
+        raise SystemExit(f"deployments.serve: {exc}") from None
 
     from prefect import serve
 

@@ -55,6 +55,10 @@ def local_up(
     """Start the stand-in, one clearml-agent per queue, a Prefect server and the served deployments;
     print the env to use them."""
     stack = LocalStack(data_dir)
+    if not no_prefect:
+        from automation.regression.settings import settings
+
+        settings()  # the served nightly reads AUTOMATION_NIGHTLY_MATRIX: a malformed one fails here, not at 02:00
     report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
                       agents=not no_agents, prefect=not no_prefect)
     env_file = shlex.quote(str(stack.data.env_file))

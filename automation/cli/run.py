@@ -31,10 +31,12 @@ async def _check(prepare: Any, parameters: dict[str, Any]) -> None:
 
 def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path | None) -> None:
     from automation.errors import RunFailed
+    from automation.prefect_api import check_prefect_api
     from automation.regression.report.console import render_console
     from automation.regression.report.format import write_json
 
     asyncio.run(_check(prepare, parameters))  # bad input: one line, by the command group
+    check_prefect_api()
     try:
         report = asyncio.run(flow_fn(**parameters))
         code = 0

@@ -26,7 +26,9 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from automation.cli.errors import CommandGroup, console, err_console
-from automation.errors import AutomationError, SpecError
+from automation.errors import AutomationError, HookError, SpecError
+from automation.regression.hooks import apply_hooks, check_hooks
+from automation.regression.hooks import split as split_hook
 from automation.specs.base import TaskSpec, _allows, _is_nested, build, decode_arg
 from automation.specs.registry import get_kind, kinds
 
@@ -206,6 +208,36 @@ def spec_from_cli(kind: str, tokens: list[str], base: dict[str, Any] | None = No
     return build(cls, values)
 
 
+def check_hooks_apply(spec: TaskSpec, entries: tuple[str, ...]) -> None:
+    """A flow applies its hooks to every cell and a kind-specific hook leaves other kinds alone; one
+    task named on the command line must be of a kind the hook is for."""
+    check_hooks(entries)
+    for entry in entries:
+        name, _ = split_hook(entry)
+        for_kinds = sorted(k for k, cls in kinds().items() if name in cls.accepted_hooks)
+        if for_kinds and name not in spec.accepted_hooks:
+            raise HookError(f"hooks: '{name}' does not apply to {spec.kind} tasks (it is for: {', '.join(for_kinds)})")
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """The fields of a spec JSON/YAML file (its `kind`, if any, is the command's to say)."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"--spec: no file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"--spec: cannot read {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise SpecError(f"--spec: {path} is not valid JSON or YAML{where}: {getattr(exc, 'problem', None) or exc}") \
+            from None
+    if not isinstance(loaded, dict):
+        raise SpecError(f"--spec: {path} must hold a mapping of fields, e.g. {{\"model\": \"hf:org/name\"}}")
+    loaded.pop("kind", None)
+    return loaded
+
+
 # -- submit ----------------------------------------------------------------------------------------
 async def _submit(spec: TaskSpec, wait: bool) -> dict[str, Any]:
     input_model_id = spec.input_model_id()
@@ -247,15 +279,13 @@ def task_submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the spec; submit nothing.")] = False,
 ) -> None:
     """Submit KIND with fields given as `--field value` (dotted names for nested fields)."""
-    base: dict[str, Any] = {}
-    if spec_file is not None:
-        loaded = yaml.safe_load(spec_file.read_text())
-        if not isinstance(loaded, dict):
-            err_console.print(f"[red]error:[/red] {spec_file} must hold a mapping of fields")
-            raise typer.Exit(2)
-        loaded.pop("kind", None)
-        base = loaded
+    base = load_spec_file(spec_file) if spec_file is not None else {}
     spec = spec_from_cli(kind, list(ctx.args), base)
+    # Hooks named on the command line or in the file are applied here, as the flows apply theirs:
+    # checked before anything is queued, and recorded in `hooks` once applied.
+    requested = spec.hooks
+    check_hooks_apply(spec, requested)
+    spec = asyncio.run(apply_hooks(build(type(spec), {**spec.model_dump(), "hooks": ()}), requested))
     if dry_run:
         typer.echo(json.dumps({"kind": spec.kind, "identity": spec.identity(), **spec.model_dump(mode="json")},
                               indent=2))

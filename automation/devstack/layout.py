@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from automation.errors import StackError
+
 
 class DataDir:
     """Paths below a local-stack data directory; SQLite + files survive `down`/`up`."""
@@ -60,4 +62,8 @@ class DataDir:
 
     def ensure(self) -> None:
         for d in (self.standin_state, self.run, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StackError(f"data directory {self.root}: cannot create {d.name}/ ({exc.strerror}); pick a "
+                                 "writable one with --data-dir or AUTOMATION_DATA_DIR") from None

@@ -133,7 +133,14 @@ class LocalStack:
     def _credentials(self) -> dict[str, str]:
         path = self.data.credentials
         if path.exists():
-            return dict(json.loads(path.read_text()))
+            try:
+                creds = json.loads(path.read_text())
+                if not all(isinstance(creds.get(k), str) for k in ("access_key", "secret_key", "token_secret")):
+                    raise ValueError("access_key, secret_key and token_secret must be strings")
+            except (ValueError, AttributeError) as exc:
+                raise StackError(f"{path} is damaged ({exc}); restore it, or delete it for new keys (tasks and "
+                                 "agents configured with the old ones then need the new env)") from None
+            return dict(creds)
         creds = {
             "access_key": "LOCAL" + secrets.token_hex(8).upper(),
             "secret_key": secrets.token_urlsafe(32),

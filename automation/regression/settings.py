@@ -13,9 +13,10 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from automation.errors import FlowInputError
 from automation.specs.model_ref import ModelRef
 
 
@@ -51,9 +52,33 @@ class FlowSettings(BaseSettings):
                                                       "leave it open (AUTOMATION_NIGHTLY_MATRIX='{\"models\": [...]}')")
 
 
+EXAMPLES = {
+    "size_rules": '[{"max_params_b": 10, "queue": "a100x1"}]',
+    "queue_caps": '{"a100x1": 4}',
+    "nightly_matrix": '{"models": ["hf:org/name"], "schemes": ["w4a16"]}',
+    "project": "my-project",
+}
+
+
 @lru_cache(maxsize=1)
 def settings() -> FlowSettings:
-    return FlowSettings()
+    """The settings, or one line naming the variable that is malformed and what it should hold."""
+    try:
+        return FlowSettings()
+    except SettingsError as exc:
+        found = re.search(r'field "(\w+)"', str(exc))
+        raise _settings_error(found.group(1) if found else "", "not valid JSON") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first["loc"]]
+        where = ".".join(loc[1:])
+        raise _settings_error(loc[0] if loc else "", f"{where + ': ' if where else ''}{first['msg']}") from None
+
+
+def _settings_error(field_name: str, problem: str) -> FlowInputError:
+    var = f"AUTOMATION_{field_name.upper()}" if field_name else "an AUTOMATION_* setting"
+    example = EXAMPLES.get(field_name)
+    return FlowInputError(f"{var}: {problem}" + (f"; expected e.g. {var}='{example}'" if example else ""))
 
 
 _SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
