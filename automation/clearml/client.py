@@ -310,7 +310,7 @@ class ClearMLBackend:
             "entry_point": f"-m {spec.script_module}",
             "working_dir": code.working_dir,
             "binary": "python3",
-            "requirements": {"pip": "\n".join(spec.requirements())},
+            "requirements": {"pip": "\n".join(spec.task_requirements())},
             "diff": "",
         }
         if code.repository:

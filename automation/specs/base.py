@@ -52,6 +52,7 @@ from pydantic_core import to_jsonable_python
 from automation.errors import PackageError, SpecError
 from automation.specs import hocon
 from automation.specs.packages import merge
+from automation.specs.runtime_packages import CORE_RUNTIME
 
 ARGS_SECTION = "Args"
 META_CONFIG = "automation_spec"  # configuration object holding kind + envelope
@@ -287,12 +288,21 @@ class TaskSpec(BaseModel):
         except PackageError as exc:
             pinned = ", ".join(self.base_packages)
             raise ValueError(f"{exc} (the {self.kind} kind itself requires {pinned})") from None
+        try:
+            self.task_requirements()
+        except PackageError as exc:
+            raise ValueError(f"{exc} (the core scripts themselves run with {', '.join(CORE_RUNTIME)})") from None
         return self
 
     # -- derived ---------------------------------------------------------------------------
     def requirements(self) -> tuple[str, ...]:
         """The kind's own packages merged with the spec's (a pinned requirement wins)."""
         return merge(self.base_packages, self.packages)
+
+    def task_requirements(self) -> tuple[str, ...]:
+        """Everything the core script needs in a fresh environment (what the ClearML task lists):
+        the core scripts' own runtime packages, then `requirements()`."""
+        return merge(CORE_RUNTIME, self.requirements())
 
     def input_model_id(self) -> str | None:
         """The ClearML model this task consumes (connected as its input model for lineage)."""

@@ -143,3 +143,95 @@ def test_every_module_of_the_product_imports() -> None:
             except Exception as exc:
                 broken.append(f"{info.name}: {type(exc).__name__}: {exc}")
     assert broken == []
+
+
+# -- what a core script needs in a fresh environment ----------------------------------------------
+def _third_party_closure(start: str) -> dict[str, str]:
+    """Top-level third-party modules imported anywhere in `start`'s import closure within the
+    product (function-level imports included) -> one product module that imports it."""
+    import sys
+
+    seen: set[str] = set()
+    found: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in MODULES:
+            continue
+        seen.add(module)
+        for target in _imports(MODULES[module], module):
+            top = target.split(".")[0]
+            if top in PRODUCT:
+                parts = target.split(".")
+                todo.extend(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+            elif top and top not in sys.stdlib_module_names and top != "__future__":
+                found.setdefault(top, module)
+    return found
+
+
+def _distribution_closure(requirements: tuple[str, ...]) -> set[str]:
+    """The installed distributions these requirements pull in (themselves and their dependencies)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    out: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(Requirement(r).name, frozenset(Requirement(r).extras)) for r in requirements]
+    while todo:
+        raw_name, extras = todo.pop()
+        name = canonicalize_name(raw_name)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        out.add(name)
+        try:
+            for raw in requires(name) or []:
+                req = Requirement(raw)
+                if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (*extras, "")):
+                    todo.append((req.name, frozenset(req.extras)))
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def test_a_core_scripts_imports_are_its_kinds_libraries_plus_the_core_runtime() -> None:
+    """A task's requirements must cover its script's closure in a fresh venv; the runtime list holds
+    nothing no script imports, and Prefect and the CLI stack stay out of the closure."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from automation.specs.registry import kinds
+    from automation.specs.runtime_packages import CORE_RUNTIME
+
+    providers = packages_distributions()
+    used: set[str] = set()
+    for kind, cls in kinds().items():
+        closure = _third_party_closure(cls.script_module)
+        assert not {"prefect", "typer", "rich", "uvicorn", "starlette"} & set(closure), (kind, closure)
+        covered = _distribution_closure((*CORE_RUNTIME, *cls.base_packages))
+        for top, importer in closure.items():
+            dists = {canonicalize_name(d) for d in providers.get(top, [top])}
+            assert dists & covered, f"{kind}: {importer} imports {top} ({sorted(dists)}), which its task would lack"
+            used |= dists
+    runtime = {canonicalize_name(Requirement(r).name) for r in CORE_RUNTIME}
+    assert runtime <= used, f"listed for every task but imported by no core script: {sorted(runtime - used)}"
+
+
+def test_the_core_runtime_is_pinned_as_in_the_constraints() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from automation.specs.runtime_packages import CORE_RUNTIME
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name.strip())] = version.strip()
+    for raw in CORE_RUNTIME:
+        req = Requirement(raw)
+        assert str(req.specifier) == f"=={pins[canonicalize_name(req.name)]}", raw

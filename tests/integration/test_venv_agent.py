@@ -1,0 +1,123 @@
+"""The production path of a task: a real `clearml-agent daemon` in its normal venv mode (no
+`CLEARML_AGENT_SKIP_*`: it clones the task's repository at its commit and pip-installs the task's
+requirements into a fresh venv) runs a debug task to completion from a pinned commit of this
+repository; a second task of the same kind runs from the agent's venv cache.
+
+The repository is a bare clone of this checkout's HEAD served as `file://` (what the agent sees
+of a git server). The agent's pip reaches the package index the machine is configured with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from automation.devstack import procs
+from automation.specs.base import CodeRef
+from automation.specs.debug import DebugSpec
+from testing.stacks import StackHandle, admin_client
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+QUEUE = "venv-build"
+RUN_DEADLINE_S = 600.0  # a cold venv: clone + pip install of the core runtime from the index
+
+
+@dataclass
+class VenvAgent:
+    home: Path
+    log: Path
+    proc: psutil.Process
+    code: CodeRef
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def venv_agent(local_stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VenvAgent]:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the agent needs a repository to clone")
+    root = tmp_path_factory.mktemp("venv-agent")
+    bare = root / "code.git"
+    _git("clone", "--quiet", "--bare", str(REPO), str(bare))
+    code = CodeRef(repository=f"file://{bare}", commit=_git("rev-parse", "HEAD"))
+    home = root / "home"
+    (home / "tmp").mkdir(parents=True, mode=0o700)
+    conf = home / "clearml.conf"
+    # The stack's agent settings (server, key pair, bounded retries) plus what a production agent
+    # sets for spin-up time: a venv cache and a git cache.
+    conf.write_text(local_stack.stack.data.agent_conf.read_text() + f"""
+agent {{
+    venvs_cache {{ path: "{home}/venvs-cache", max_entries: 4, free_space_threshold_gb: 0 }}
+    vcs_cache {{ enabled: true, path: "{home}/vcs-cache" }}
+    package_manager {{ type: pip, system_site_packages: false }}
+}}
+""")
+    conf.chmod(0o600)
+    admin_client(local_stack.env).call("queues.create", {"name": QUEUE})  # the agent needs it to exist
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_", "VIRTUAL_ENV"))}
+    env.update({k: v for k, v in local_stack.env.items() if k.startswith("CLEARML_")})
+    env.update({"HOME": str(home), "TMPDIR": str(home / "tmp"), "CLEARML_CONFIG_FILE": str(conf),
+                "CLEARML_WORKER_ID": f"venv-{os.getpid()}", "CLEARML_WORKER_NAME": f"venv-{os.getpid()}",
+                "PYTHONUNBUFFERED": "1"})
+    agent_bin = shutil.which("clearml-agent", path=str(Path(sys.executable).parent))
+    assert agent_bin, "clearml-agent is not installed next to this interpreter"
+    log = root / "agent.log"
+    proc = procs.start_detached([agent_bin, "daemon", "--queue", QUEUE, "--foreground"], root / "agent.pid", log,
+                                env=env, cwd=home, umask=0o077)
+    try:
+        yield VenvAgent(home=home, log=log, proc=proc, code=code)
+    finally:
+        procs.stop_tree(proc)
+
+
+def _run(spec: DebugSpec) -> tuple[object, float]:
+    from flows.bridge import backend, execute
+
+    async def go() -> object:
+        try:
+            return await execute(spec, max_wait_s=RUN_DEADLINE_S)
+        finally:
+            await backend().aclose()
+
+    started = time.monotonic()
+    result = asyncio.run(go())
+    return result, time.monotonic() - started
+
+
+def _task_log(local_stack: StackHandle, task_id: str) -> str:
+    events = admin_client(local_stack.env).call("events.get_task_log", {"task": task_id, "batch_size": 10_000})
+    return "\n".join(str(e.get("msg", "")) for e in events.get("events", []))
+
+
+def test_a_task_runs_from_its_pinned_commit_in_a_venv_the_agent_builds(local_stack: StackHandle,
+                                                                       venv_agent: VenvAgent) -> None:
+    spec = DebugSpec(project="venv-agent-tests", queue=QUEUE, code=venv_agent.code, sleep_s=0.2, steps=2,
+                     value=7.0, salt="cold")
+    cold, cold_s = _run(spec)
+    assert getattr(cold, "status", None) == "completed", (cold, venv_agent.log.read_text()[-4000:])
+    assert getattr(cold, "values", {})["debug/value"].value == 7.0
+    log = _task_log(local_stack, getattr(cold, "task_id", ""))
+    assert venv_agent.code.commit and venv_agent.code.commit[:8] in log + venv_agent.log.read_text(), \
+        "the agent did not report checking out the pinned commit"
+    assert "CLEARML_AGENT_SKIP" not in log
+
+    warm_spec = DebugSpec(**{**spec.model_dump(), "salt": "warm", "value": 8.0})
+    warm, warm_s = _run(warm_spec)
+    assert getattr(warm, "status", None) == "completed", (warm, venv_agent.log.read_text()[-4000:])
+    warm_log = _task_log(local_stack, getattr(warm, "task_id", ""))
+    assert "Using Cached environment" in warm_log + venv_agent.log.read_text(), "the venv cache was not used"
+    print(f"\nvenv-mode agent, debug kind: cold {cold_s:.1f} s, warm {warm_s:.1f} s (enqueue to completed)")
