@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from automation.devstack import procs
+from automation.results import TaskResult
 from automation.specs.base import CodeRef
 from automation.specs.debug import DebugSpec
 from testing.stacks import StackHandle, admin_client
@@ -84,10 +85,10 @@ agent {{
         procs.stop_tree(proc)
 
 
-def _run(spec: DebugSpec) -> tuple[object, float]:
+def _run(spec: DebugSpec) -> tuple[TaskResult, float]:
     from flows.bridge import backend, execute
 
-    async def go() -> object:
+    async def go() -> TaskResult:
         try:
             return await execute(spec, max_wait_s=RUN_DEADLINE_S)
         finally:
@@ -108,16 +109,16 @@ def test_a_task_runs_from_its_pinned_commit_in_a_venv_the_agent_builds(local_sta
     spec = DebugSpec(project="venv-agent-tests", queue=QUEUE, code=venv_agent.code, sleep_s=0.2, steps=2,
                      value=7.0, salt="cold")
     cold, cold_s = _run(spec)
-    assert getattr(cold, "status", None) == "completed", (cold, venv_agent.log.read_text()[-4000:])
-    assert getattr(cold, "values", {})["debug/value"].value == 7.0
-    log = _task_log(local_stack, getattr(cold, "task_id", ""))
+    assert cold.status == "completed", (cold, venv_agent.log.read_text()[-4000:])
+    assert cold.scalars["debug/value"] == 7.0 and not cold.reused
+    log = _task_log(local_stack, cold.task_id)
     assert venv_agent.code.commit and venv_agent.code.commit[:8] in log + venv_agent.log.read_text(), \
         "the agent did not report checking out the pinned commit"
     assert "CLEARML_AGENT_SKIP" not in log
 
     warm_spec = DebugSpec(**{**spec.model_dump(), "salt": "warm", "value": 8.0})
     warm, warm_s = _run(warm_spec)
-    assert getattr(warm, "status", None) == "completed", (warm, venv_agent.log.read_text()[-4000:])
-    warm_log = _task_log(local_stack, getattr(warm, "task_id", ""))
+    assert warm.status == "completed" and warm.scalars["debug/value"] == 8.0, (warm, venv_agent.log.read_text()[-4000:])
+    warm_log = _task_log(local_stack, warm.task_id)
     assert "Using Cached environment" in warm_log + venv_agent.log.read_text(), "the venv cache was not used"
     print(f"\nvenv-mode agent, debug kind: cold {cold_s:.1f} s, warm {warm_s:.1f} s (enqueue to completed)")
