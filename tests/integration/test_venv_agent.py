@@ -122,3 +122,19 @@ def test_a_task_runs_from_its_pinned_commit_in_a_venv_the_agent_builds(local_sta
     warm_log = _task_log(local_stack, warm.task_id)
     assert "Using Cached environment" in warm_log + venv_agent.log.read_text(), "the venv cache was not used"
     print(f"\nvenv-mode agent, debug kind: cold {cold_s:.1f} s, warm {warm_s:.1f} s (enqueue to completed)")
+
+
+def test_a_requirement_the_agent_cannot_install_is_an_infrastructure_failure_naming_pip(
+        local_stack: StackHandle, venv_agent: VenvAgent) -> None:
+    """Not the task's code: the same task may well install on another agent (index down, no wheel
+    for this platform), so it is retried as an infrastructure failure, and the pip error is what
+    the failure says."""
+    from automation.errors import InfrastructureError, TaskFailed
+
+    spec = DebugSpec(project="venv-agent-tests", queue=QUEUE, code=venv_agent.code, sleep_s=0.1, steps=1,
+                     packages=("automation-no-such-package==9.9.9",), salt="uninstallable")
+    with pytest.raises(TaskFailed) as caught:
+        _run(spec)
+    print("\nuninstallable requirement:", type(caught.value).__name__, str(caught.value)[:600])
+    assert isinstance(caught.value, InfrastructureError), caught.value
+    assert "automation-no-such-package" in str(caught.value)
