@@ -65,7 +65,7 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
 from automation.clearml.client import FLOW_RUN_TAG, QUEUE_TAG, TASK_RUN_TAG, ClearMLBackend, tag_value
-from automation.clearml.failures import FailureKind, classify
+from automation.clearml.failures import FailureKind, classify, install_error
 from automation.clearml.records import TaskRecord, TaskStatus
 from automation.errors import (
     TASK_ERRORS,
@@ -252,6 +252,9 @@ async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: Ta
     status = str(record.status)
     kind = classify(status, record.status_message, record.status_reason, tail)
     message = record.status_message or record.status_reason
+    pip_error = install_error(tail)
+    if pip_error:  # the agent's own status only says it changed the task; this says why
+        message = f"the agent could not install the task's requirements: {pip_error}"
     if kind is FailureKind.OUT_OF_MEMORY:
         plan = _queue_plan(spec)
         nxt = plan[plan.index(queue) + 1] if queue in plan and plan.index(queue) + 1 < len(plan) else None

@@ -30,6 +30,14 @@ _INFRA = re.compile(
     r"Task was reset|reset by|No heartbeat|connection (reset|refused)|Docker.*(failed|error))",
     re.IGNORECASE,
 )
+# The agent could not build the task's environment (venv or docker mode): pip's own error lines.
+# Not the task's code, and the same task may install elsewhere (an index back up, another platform).
+_INSTALL = re.compile(
+    r"^\s*(ERROR: (Could not find a version|No matching distribution|Cannot install|ResolutionImpossible|"
+    r"Could not install packages|Failed building wheel|pip's dependency resolver)[^\n]*|"
+    r"[^\n]*Could not install task requirements[^\n]*)",
+    re.MULTILINE,
+)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception): ", re.MULTILINE)
 
 
@@ -47,7 +55,16 @@ def classify(status: str, status_message: str = "", status_reason: str = "",
         return FailureKind.OUT_OF_MEMORY
     if _INFRA.search(status_message or "") or _INFRA.search(status_reason or ""):
         return FailureKind.INFRASTRUCTURE
+    if _INSTALL.search(text):  # before tracebacks: the agent logs one of its own for this
+        return FailureKind.INFRASTRUCTURE
     if _TRACEBACK.search(text):
         return FailureKind.CODE
     # Failed without a traceback of its own: the process died (killed, segfault, lost agent).
     return FailureKind.INFRASTRUCTURE
+
+
+def install_error(log_tail: Sequence[str]) -> str | None:
+    """pip's error line when the agent could not install the task's requirements, else None."""
+    found = [m.group(1).strip() for m in _INSTALL.finditer("\n".join(log_tail))]
+    pip_lines = [f for f in found if f.startswith("ERROR:")]
+    return (pip_lines or found or [None])[0]

@@ -12,12 +12,24 @@ import pytest
 from pydantic import SecretStr
 
 from automation.clearml.client import ClearMLBackend
-from automation.clearml.failures import FailureKind, classify
+from automation.clearml.failures import FailureKind, classify, install_error
 from automation.clearml.settings import ClearMLSettings
 from automation.errors import BackendUnavailable, CodeError, InfrastructureError, OutOfMemoryError, ServerUnreachable
 
 TRACEBACK = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
              "RuntimeError: debug task asked to fail"]
+
+
+PIP_FAILURE = ["Collecting packaging==26.3",
+               "ERROR: Could not find a version that satisfies the requirement nope==9.9.9 (from versions: none)",
+               "ERROR: No matching distribution found for nope==9.9.9"]
+
+
+def test_the_pip_error_is_what_an_install_failure_says() -> None:
+    assert str(install_error(PIP_FAILURE)).startswith("ERROR: Could not find a version that satisfies the requirement")
+    assert install_error(["ValueError: Could not install task requirements!"]) == \
+        "ValueError: Could not install task requirements!"
+    assert install_error(TRACEBACK) is None
 
 
 @pytest.mark.parametrize(
@@ -35,6 +47,10 @@ TRACEBACK = ["Traceback (most recent call last):", '  File "x.py", line 1, in <m
         ("stopped", "", "oom-kill", [], FailureKind.OUT_OF_MEMORY),
         ("failed", "agent lost", "", TRACEBACK, FailureKind.INFRASTRUCTURE),
         ("failed", "", "", ["Killed process 123 (python) total-vm (oom score)"], FailureKind.OUT_OF_MEMORY),
+        # the agent could not build the environment: pip's error, then the agent's own traceback
+        ("failed", "Changed by clearml-agent venv-1", "", [*PIP_FAILURE, *TRACEBACK[:-1],
+                                                           "ValueError: Could not install task requirements!"],
+         FailureKind.INFRASTRUCTURE),
     ],
 )
 def test_classify(status: str, message: str, reason: str, tail: list[str], expected: FailureKind) -> None:
