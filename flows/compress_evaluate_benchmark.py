@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from automation.errors import FlowInputError
+from automation.regression.code_pin import resolve_code
 from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings, PerformanceRule
 from automation.regression.plan import (
     BenchmarkOptions,
@@ -79,6 +80,7 @@ async def compress_evaluate_benchmark(
     performance_rules: list[PerformanceRule] | None = None,
     hooks: list[str] = [],
     project: str | None = None,
+    code: str | None = None,
     series: str | None = None,
     refresh: bool = False,
     compare_history: bool = True,
@@ -106,6 +108,7 @@ async def compress_evaluate_benchmark(
         performance_rules: performance gate rules; empty = the defaults (throughput, median TTFT/ITL gate)
         hooks: submit hooks by name, e.g. hf_token, server_arg:--max-model-len=4096
         project: ClearML project (default: settings)
+        code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
         series: what successive runs share for trends (default: the deployment or flow name)
         refresh: recompute every step even when finished work with the same identity exists
         compare_history: compare with the baseline registry and the previous run of the series
@@ -120,7 +123,7 @@ async def compress_evaluate_benchmark(
     return await finish_run(
         cells, title=prep.title, series=series, flow_name="compress-evaluate-benchmark", accuracy=prep.accuracy,
         performance=prep.performance, project=prep.project, compare_history=compare_history, publish=publish,
-        fail_on=fail_on, parameters=_summary(parameters))
+        fail_on=fail_on, parameters=_summary(parameters), code=prep.plan.code)
 
 
 @dataclass
@@ -140,7 +143,7 @@ def prepare(model: str, schemes: list[str], suite: str = "openllm", profile: str
             benchmarking: BenchmarkOptions | None = None, step_queues: StepQueues | None = None,
             queue_escalation: list[str] | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
-            project: str | None = None, **_: Any) -> Prepared:
+            project: str | None = None, code: str | None = None, **_: Any) -> Prepared:
     """The flow's validation and planning, callable on its own (the CLI checks input this way
     before a flow run exists, so bad input never shows up as a failed run)."""
     ref = model_ref("model", model)
@@ -149,7 +152,8 @@ def prepare(model: str, schemes: list[str], suite: str = "openllm", profile: str
     project = project or settings().project
     plan = plan_matrix([(ref, queue, tuple(queue_escalation or ()))], schemes, [suite], profile,
                        compression or CompressionOptions(), evaluation or EvaluationOptions(),
-                       benchmarking or BenchmarkOptions(), step_queues or StepQueues(), project, hooks or [])
+                       benchmarking or BenchmarkOptions(), step_queues or StepQueues(), project, hooks or [],
+                       code=resolve_code(code))
     return Prepared(plan, accuracy, performance, project, f"{ref.short_name()}: {', '.join(schemes)}")
 
 

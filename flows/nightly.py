@@ -46,6 +46,7 @@ async def nightly_regression(
     queue_caps: dict[str, int] = {},
     hooks: list[str] = [],
     project: str | None = None,
+    code: str | None = None,
     series: str = NIGHTLY_SERIES,
     refresh: bool = False,
     publish: bool = True,
@@ -73,6 +74,7 @@ async def nightly_regression(
         queue_caps: most concurrent ClearML tasks per queue (Prefect global concurrency limits)
         hooks: submit hooks by name
         project: ClearML project (default: settings)
+        code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
         series: what successive nights share for trends (keep "nightly" to compare night to night)
         refresh: recompute every step (by default unchanged cells are reused)
         publish: publish the report
@@ -94,7 +96,7 @@ async def nightly_regression(
         cells, title=f"nightly regression: {prep.title.removeprefix('sweep: ')}", series=series,
         flow_name="nightly-regression", accuracy=prep.accuracy, performance=prep.performance, project=prep.project,
         compare_history=True, publish=publish, fail_on=fail_on, queues=prep.plan.queues,
-        parameters=_summary(parameters))
+        parameters=_summary(parameters), code=prep.plan.code)
 
 
 def run_sync(**parameters: Any) -> Report:

@@ -185,12 +185,11 @@ def _version() -> str:
         return "unknown"
 
 
-def provenance(queues: set[str]) -> dict[str, str]:
-    code = CodeRef()
+def provenance(queues: set[str], code: CodeRef | None = None) -> dict[str, str]:
+    code = code or CodeRef()
     return {
         "packages": ", ".join(all_base_packages()),
-        "code": f"{code.repository}@{code.commit}" if code.repository
-        else f"agent working tree (automation {_version()})",
+        "code": str(code) if code.repository else f"agent working tree (automation {_version()})",
         "queues": ", ".join(sorted(queues)),
         "started_by": os.environ.get("PREFECT__USER") or getpass.getuser(),
     }
@@ -200,7 +199,7 @@ async def finish_run(
     cells: list[ReportCell], *, title: str, series: str | None, flow_name: str,
     accuracy: AccuracyGateSettings, performance: PerformanceGateSettings, project: str,
     compare_history: bool, publish: bool, fail_on: str, parameters: dict[str, Any],
-    queues: set[str] | None = None,
+    queues: set[str] | None = None, code: CodeRef | None = None,
 ) -> Report:
     log = get_run_logger()
     runtime = _runtime()
@@ -218,7 +217,7 @@ async def finish_run(
         flow_run_url=runtime["flow_run_url"], cells=cells, outcome=report_outcome(cells),
         settings={"accuracy": accuracy.model_dump(mode="json"), "performance": performance.model_dump(mode="json"),
                   "parameters": parameters},
-        provenance=provenance(queues or {c.queue for c in cells if c.queue}),
+        provenance=provenance(queues or {c.queue for c in cells if c.queue}, code),
     )
     if publish:
         try:

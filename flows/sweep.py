@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from automation.errors import FlowInputError
+from automation.regression.code_pin import resolve_code
 from automation.regression.gates import PerformanceRule
 from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues, plan_matrix
 from automation.regression.report_model import Report
@@ -43,6 +44,7 @@ async def sweep(
     performance_rules: list[PerformanceRule] | None = None,
     hooks: list[str] = [],
     project: str | None = None,
+    code: str | None = None,
     series: str | None = None,
     refresh: bool = False,
     compare_history: bool = True,
@@ -71,6 +73,7 @@ async def sweep(
         performance_rules: performance gate rules; empty = the defaults
         hooks: submit hooks by name
         project: ClearML project (default: settings)
+        code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
         series: what successive runs share for trends (default: the deployment or flow name)
         refresh: recompute every step
         compare_history: compare with the baseline registry and the previous run of the series
@@ -88,7 +91,8 @@ async def sweep(
     return await finish_run(
         cells, title=prep.title, series=series, flow_name="sweep", accuracy=prep.accuracy,
         performance=prep.performance, project=prep.project, compare_history=compare_history, publish=publish,
-        fail_on=fail_on, queues=prep.plan.queues, parameters=_summary(parameters))
+        fail_on=fail_on, queues=prep.plan.queues, parameters=_summary(parameters),
+        code=prep.plan.code)
 
 
 def prepare(models: list[str], schemes: list[str], suites: list[str], profile: str = "chat",
@@ -98,7 +102,7 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
             evaluation: EvaluationOptions | None = None, benchmarking: BenchmarkOptions | None = None,
             step_queues: StepQueues | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
-            project: str | None = None, **_: Any) -> tuple[Prepared, dict[str, int]]:
+            project: str | None = None, code: str | None = None, **_: Any) -> tuple[Prepared, dict[str, int]]:
     """Validation and planning of the sweep (see compress_evaluate_benchmark.prepare); also the
     queue caps to set."""
     if not models:
@@ -121,7 +125,7 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
     project = project or settings().project
     plan = plan_matrix(placed, schemes, suites, profile, compression or CompressionOptions(),
                        evaluation or EvaluationOptions(), benchmarking or BenchmarkOptions(),
-                       step_queues or StepQueues(), project, hooks or [])
+                       step_queues or StepQueues(), project, hooks or [], code=resolve_code(code))
     title = f"sweep: {len(refs)} model(s) x {', '.join(schemes)}"
     return Prepared(plan, accuracy, performance, project, title), caps
 

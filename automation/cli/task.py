@@ -208,6 +208,30 @@ def spec_from_cli(kind: str, tokens: list[str], base: dict[str, Any] | None = No
     return build(cls, values)
 
 
+def pin_code_option(tokens: list[str]) -> list[str]:
+    """`--code URL@BRANCH` becomes `--code URL@<its commit>` (resolved now, as the flows do);
+    `--code worktree` is the agents' installed tree. Other forms are left to the spec to judge."""
+    from automation.regression.code_pin import WORKTREE, resolve_code
+
+    out = list(tokens)
+    for i, token in enumerate(out):
+        flag, eq, value = token.partition("=")
+        if flag != "--code" or (not eq and i + 1 >= len(out)):
+            continue
+        value = value if eq else out[i + 1]
+        if value == WORKTREE:
+            resolved = None
+        elif "@" in value:
+            resolved = str(resolve_code(value, {}))
+        else:
+            continue
+        if eq:
+            out[i] = f"--code={resolved}" if resolved else ""
+        else:
+            out[i], out[i + 1] = ("--code", resolved) if resolved else ("", "")
+    return [t for t in out if t]
+
+
 def check_hooks_apply(spec: TaskSpec, entries: tuple[str, ...]) -> None:
     """A flow applies its hooks to every cell and a kind-specific hook leaves other kinds alone; one
     task named on the command line must be of a kind the hook is for."""
@@ -280,7 +304,7 @@ def task_submit(
 ) -> None:
     """Submit KIND with fields given as `--field value` (dotted names for nested fields)."""
     base = load_spec_file(spec_file) if spec_file is not None else {}
-    spec = spec_from_cli(kind, list(ctx.args), base)
+    spec = spec_from_cli(kind, pin_code_option(list(ctx.args)), base)
     # Hooks named on the command line or in the file are applied here, as the flows apply theirs:
     # checked before anything is queued, and recorded in `hooks` once applied.
     requested = spec.hooks

@@ -163,6 +163,8 @@ class LocalStack:
             "CLEARML_API_SECRET_KEY": creds["secret_key"],
             "CLEARML_CONFIG_FILE": str(self.data.clearml_conf),
             "CLEARML_DEFAULT_OUTPUT_URI": cfg.files_url,
+            # The local stack's agents run their installed working tree: the flows' default code.
+            "AUTOMATION_LOCAL_STACK": "1",
         }
 
     def _write_conf(self, cfg: StackConfig) -> None:

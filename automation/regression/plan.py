@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from automation.errors import FlowInputError, HookError, SpecError, StandardError
 from automation.regression.hooks import check_hooks
 from automation.regression.report_model import BASE_SCHEME
-from automation.specs.base import TaskSpec, build
+from automation.specs.base import CodeRef, TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
@@ -119,6 +119,7 @@ class Plan:
     profile: str
     hooks: list[str]
     queues: set[str] = field(default_factory=set)
+    code: CodeRef = field(default_factory=CodeRef)
 
 
 def _spec(field_name: str, make: Callable[[], TaskSpec]) -> Any:
@@ -140,6 +141,7 @@ def plan_matrix(
     project: str,
     hooks: list[str],
     tags: tuple[str, ...] = (),
+    code: CodeRef | None = None,
 ) -> Plan:
     """Every spec of the run, validated. `models` = (model, queue, OOM escalation) triples."""
     if not models:
@@ -176,11 +178,13 @@ def plan_matrix(
         if unknown:
             raise FlowInputError(f"compression.recipe_args: {sorted(unknown)} are not among the schemes {schemes}")
         mp = _plan_model(model, queue, escalation, schemes, suites, profile, compression, evaluation, benchmarking,
-                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation})
+                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation,
+                                       "code": code or CodeRef()})
         queues |= {step_queues.compress or queue, step_queues.evaluate or queue, step_queues.benchmark or queue,
                    *escalation}
         plans.append(mp)
-    return Plan(models=plans, schemes=schemes, suites=suites, profile=profile, hooks=hooks, queues=queues)
+    return Plan(models=plans, schemes=schemes, suites=suites, profile=profile, hooks=hooks, queues=queues,
+                code=code or CodeRef())
 
 
 def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], schemes: list[str], suites: list[str],

@@ -148,6 +148,21 @@ class CodeRef(BaseModel):
     commit: str | None = Field(None, description="full 40-hex commit id; required with a repository")
     working_dir: str = Field(".", description="directory the module runs from, relative to the repo root")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        """`URL@COMMIT` (the form the command line and the flows take); the last `@` splits, so
+        `git@host:org/repo.git@<sha>` works."""
+        if isinstance(value, str):
+            repository, sep, commit = value.rpartition("@")
+            if not sep or not repository:
+                raise ValueError(f"code: '{value}' is not URL@COMMIT (e.g. https://git.example/org/repo.git@<40-hex>)")
+            return {"repository": repository, "commit": commit}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.repository}@{self.commit}" if self.repository else "agent working tree"
+
     @model_validator(mode="after")
     def _pinned(self) -> CodeRef:
         if self.repository and not self.commit:

@@ -99,9 +99,32 @@ def _run(spec: DebugSpec) -> tuple[TaskResult, float]:
     return result, time.monotonic() - started
 
 
+def _log_events(local_stack: StackHandle, task_id: str) -> list[dict[str, object]]:
+    answer = admin_client(local_stack.env).call("events.get_task_log", {"task": task_id, "batch_size": 10_000,
+                                                                        "navigate_earlier": False})
+    return sorted(answer.get("events", []), key=lambda e: float(str(e.get("timestamp") or 0)))
+
+
 def _task_log(local_stack: StackHandle, task_id: str) -> str:
-    events = admin_client(local_stack.env).call("events.get_task_log", {"task": task_id, "batch_size": 10_000})
-    return "\n".join(str(e.get("msg", "")) for e in events.get("events", []))
+    return "\n".join(str(e.get("msg", "")) for e in _log_events(local_stack, task_id))
+
+
+# Where the time goes, read from the task's console log: the first line that shows each phase.
+PHASES = (("clone", "cloning:"), ("venv", "Collecting"), ("script", "Starting Task Execution"),
+          ("done", "core script wall time"))
+
+
+def _phases(local_stack: StackHandle, task_id: str) -> str:
+    events = _log_events(local_stack, task_id)
+    if not events:
+        return "(no log)"
+    t0 = float(str(events[0].get("timestamp") or 0))
+    marks = []
+    for name, marker in PHASES:
+        hit = next((e for e in events if marker in str(e.get("msg", ""))), None)
+        if hit is not None:
+            marks.append(f"{name} +{(float(str(hit.get('timestamp') or 0)) - t0) / 1000:.1f} s")
+    return ", ".join(marks)
 
 
 def test_a_task_runs_from_its_pinned_commit_in_a_venv_the_agent_builds(local_stack: StackHandle,
@@ -122,6 +145,8 @@ def test_a_task_runs_from_its_pinned_commit_in_a_venv_the_agent_builds(local_sta
     warm_log = _task_log(local_stack, warm.task_id)
     assert "Using Cached environment" in warm_log + venv_agent.log.read_text(), "the venv cache was not used"
     print(f"\nvenv-mode agent, debug kind: cold {cold_s:.1f} s, warm {warm_s:.1f} s (enqueue to completed)")
+    print(f"  cold, from the agent's first log line: {_phases(local_stack, cold.task_id)}")
+    print(f"  warm, from the agent's first log line: {_phases(local_stack, warm.task_id)}")
 
 
 def test_a_requirement_the_agent_cannot_install_is_an_infrastructure_failure_naming_pip(

@@ -1,0 +1,128 @@
+"""Which code the agents run: decided once at plan time (a branch becomes its commit), carried by
+every spec of the run and recorded in the report; bad references are one error naming `code`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from automation.errors import FlowInputError
+from automation.regression.code_pin import LOCAL_STACK_ENV, checkout_head, resolve_code
+from automation.specs.base import CodeRef
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture()
+def upstream(tmp_path: Path) -> tuple[Path, str]:
+    """A bare repository with one commit on `main` and a tag; returns (its path, the commit)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    _git(work, "init", "--quiet", "--initial-branch=main")
+    (work / "a.txt").write_text("a\n")
+    _git(work, "add", "a.txt")
+    _git(work, "commit", "--quiet", "-m", "one")
+    _git(work, "tag", "v1")
+    bare = tmp_path / "upstream.git"
+    _git(tmp_path, "clone", "--quiet", "--bare", str(work), str(bare))
+    return bare, _git(work, "rev-parse", "HEAD")
+
+
+def test_explicit_forms(upstream: tuple[Path, str]) -> None:
+    bare, head = upstream
+    url = f"file://{bare}"
+    assert resolve_code("worktree", {}) == CodeRef()
+    assert resolve_code(f"{url}@{SHA}", {}) == CodeRef(repository=url, commit=SHA)  # a commit is taken as is
+    assert resolve_code(f"{url}@main", {}) == CodeRef(repository=url, commit=head)  # a branch: its commit now
+    assert resolve_code(f"{url}@v1", {}) == CodeRef(repository=url, commit=head)
+    assert resolve_code(None, {"AUTOMATION_CODE": f"{url}@main"}) == CodeRef(repository=url, commit=head)
+    assert resolve_code(None, {LOCAL_STACK_ENV: "1"}) == CodeRef()  # the local stack's agents: their tree
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("no-at-sign", "is not URL@COMMIT or URL@BRANCH"),
+    ("{url}@no-such-branch", "no branch or tag 'no-such-branch'"),
+    ("file:///nonexistent/repo.git@main", "code: cannot read file:///nonexistent/repo.git"),
+    ("{url}@abc123", "no branch or tag 'abc123'"),  # a short sha is not a commit id
+])
+def test_bad_references_are_one_line_naming_code(upstream: tuple[Path, str], text: str, said: str) -> None:
+    with pytest.raises(FlowInputError) as caught:
+        resolve_code(text.format(url=f"file://{upstream[0]}"), {})
+    assert said in str(caught.value) and str(caught.value).startswith("code: ") and "\n" not in str(caught.value)
+
+
+def test_the_default_off_the_local_stack_is_a_clean_pushed_head(upstream: tuple[Path, str], tmp_path: Path) -> None:
+    bare, head = upstream
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "--quiet", str(bare), str(clone))
+    assert checkout_head(clone) == CodeRef(repository=str(bare), commit=head)
+    assert resolve_code(None, {}, checkout=clone) == CodeRef(repository=str(bare), commit=head)
+
+    (clone / "a.txt").write_text("changed\n")
+    with pytest.raises(FlowInputError, match="uncommitted changes"):
+        resolve_code(None, {}, checkout=clone)
+    _git(clone, "commit", "--quiet", "-am", "local only")
+    with pytest.raises(FlowInputError, match=r"is on no branch of origin \(push it\)"):
+        resolve_code(None, {}, checkout=clone)
+    _git(clone, "remote", "remove", "origin")
+    with pytest.raises(FlowInputError, match="no remote 'origin'"):
+        resolve_code(None, {}, checkout=clone)
+    with pytest.raises(FlowInputError, match="not a git checkout"):
+        resolve_code(None, {}, checkout=tmp_path / "nowhere")
+
+
+def test_a_spec_takes_url_at_commit_as_text() -> None:
+    assert CodeRef.model_validate(f"git@git.example:org/repo.git@{SHA}") == CodeRef(
+        repository="git@git.example:org/repo.git", commit=SHA)
+    with pytest.raises(ValueError, match="is not URL@COMMIT"):
+        CodeRef.model_validate("just-a-url")
+    with pytest.raises(ValueError, match="full 40-hex commit id"):
+        CodeRef.model_validate("https://git.example/r.git@main")
+    assert str(CodeRef(repository="u", commit=SHA)) == f"u@{SHA}" and str(CodeRef()) == "agent working tree"
+
+
+def test_every_spec_of_a_plan_runs_the_resolved_code_and_the_report_says_which() -> None:
+    from automation.regression.plan import (
+        BenchmarkOptions,
+        CompressionOptions,
+        EvaluationOptions,
+        StepQueues,
+        plan_matrix,
+    )
+    from automation.specs.model_ref import ModelRef
+    from flows.run import provenance
+
+    code = CodeRef(repository="https://git.example/org/automation.git", commit=SHA)
+    args: dict[str, Any] = {
+        "models": [(ModelRef.model_validate("hf:org/m-1B"), "gpu", ())], "schemes": ["w4a16"], "suites": ["tiny"],
+        "profile": "smoke", "compression": CompressionOptions(), "evaluation": EvaluationOptions(),
+        "benchmarking": BenchmarkOptions(), "step_queues": StepQueues(), "project": "proj", "hooks": []}
+    pinned, tree = plan_matrix(**args, code=code), plan_matrix(**args)
+    specs = [*pinned.models[0].base_evals.values(), pinned.models[0].base_bench, *pinned.models[0].compress.values()]
+    assert {s.code for s in specs} == {code} and pinned.code == code
+    assert pinned.models[0].base_bench.identity() != tree.models[0].base_bench.identity()  # the code is identity
+    assert provenance({"gpu"}, code)["code"] == f"https://git.example/org/automation.git@{SHA}"
+    assert provenance({"gpu"})["code"].startswith("agent working tree")
+
+
+def test_task_submit_pins_a_branch_to_its_commit(upstream: tuple[Path, str]) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from automation.cli import app
+
+    bare, head = upstream
+    res = CliRunner().invoke(app, ["task", "submit", "debug", "--code", f"file://{bare}@main", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["code"] == {"repository": f"file://{bare}", "commit": head, "working_dir": "."}
+    res = CliRunner().invoke(app, ["task", "submit", "debug", f"--code=file://{bare}@gone", "--dry-run"])
+    assert res.exit_code == 2 and "no branch or tag 'gone'" in res.output
