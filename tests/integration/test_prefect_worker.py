@@ -27,7 +27,7 @@ from automation.clearml.client import FLOW_RUN_TAG
 from automation.devstack.defaults import local_parameters
 from testing import REPO
 from testing.prefect_server import PrefectServer
-from testing.processes import OFFLINE, child_env
+from testing.processes import OFFLINE, child_env, stop_process_group
 from testing.stacks import ACTIVE, StackHandle, admin_client
 from testing.waits import wait_for
 
@@ -77,11 +77,7 @@ def worker(local_stack: StackHandle, prefect_server: PrefectServer, tiny_model: 
         assert proc.poll() is None, log.read_text()[-3000:]
         yield {"log": str(log)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process_group(proc, term_wait_s=30)  # the worker and any flow-run process it started
 
 
 async def _start(parameters: dict[str, Any]) -> str:

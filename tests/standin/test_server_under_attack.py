@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from testing.prefect_server import free_port
+from testing.processes import stop_process_group
 from testing.waits import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "clearml_standin", "--state-dir", str(state), "--run-dir", str(run),
          "--api-port", str(ports["api"]), "--files-port", str(ports["files"]), "--web-port", str(ports["web"])],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True)
     try:
         wait_for("the stand-in to listen", lambda: (run / "server.ready").exists() or proc.poll() is not None,
                  timeout_s=60, every_s=0.1)
@@ -76,11 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert upload.status_code == 200, upload.text
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process_group(proc)
         log.close()
     assert "Traceback" not in (root / "server.log").read_text(), (root / "server.log").read_text()[-3000:]
 
