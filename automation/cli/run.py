@@ -35,8 +35,8 @@ def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path 
     from automation.regression.report.console import render_console
     from automation.regression.report.format import write_json
 
+    check_prefect_api()  # an unreachable PREFECT_API_URL: one line, before any server is asked anything
     asyncio.run(_check(prepare, parameters))  # bad input: one line, by the command group
-    check_prefect_api()
     try:
         report = asyncio.run(flow_fn(**parameters))
         code = 0

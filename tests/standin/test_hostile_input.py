@@ -256,3 +256,10 @@ def test_downloads_are_never_run_as_pages(files: tuple[TestClient, Path]) -> Non
         assert res.headers["content-security-policy"] == "sandbox"
     picture = web.get("/p/pic.png", headers=BASIC)
     assert picture.headers["content-type"] == "image/png" and "content-disposition" not in picture.headers
+
+
+def test_the_web_pages_answer_only_their_own_host_names(standin: StandInApp) -> None:
+    web = WebUI(standin.store, files_url="http://files", web_url="http://web").app
+    assert TestClient(web, base_url="http://web").get("/").status_code == 200
+    assert TestClient(web, base_url="http://127.0.0.1:8080").get("/").status_code == 200
+    assert TestClient(web, base_url="http://attacker.example").get("/").status_code == 400  # a rebound name

@@ -110,6 +110,18 @@ def test_serve_refuses_a_bad_matrix_an_unreachable_prefect_and_a_zero_interval(m
         main([])
 
 
+def test_automation_run_says_one_line_for_bad_settings_and_an_unreachable_prefect(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOMATION_QUEUE_CAPS", "{not json")
+    code, out = _cli("run", "compress-evaluate-benchmark", "--model", "hf:org/x", "--schemes", "w4a16")
+    assert code == 2 and "AUTOMATION_QUEUE_CAPS: not valid JSON" in out, out
+    monkeypatch.delenv("AUTOMATION_QUEUE_CAPS")
+    settings.cache_clear()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_dead_port()}/api")
+    code, out = _cli("run", "compress-evaluate-benchmark", "--model", "hf:org/x", "--schemes", "w4a16")
+    assert code == 1 and "(PREFECT_API_URL) is unreachable" in out, out
+
+
 def test_an_unreachable_prefect_api_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from automation.errors import ServerUnreachable
     from automation.prefect_api import check_prefect_api
