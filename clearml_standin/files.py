@@ -82,10 +82,9 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def download_headers(target: Path) -> dict[str, str]:
-    ctype, _ = mimetypes.guess_type(target.name)
+def download_headers(target: Path, ctype: str) -> dict[str, str]:
     headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
-    if (ctype or "application/octet-stream") not in INLINE_TYPES:
+    if ctype not in INLINE_TYPES:
         headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(target.name, safe='')}"
     return headers
 
@@ -98,8 +97,8 @@ def serve_download(root: Path, path: str) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
     if not target.is_file():
         return JSONResponse({"error": f"not found: {path}"}, status_code=404)
-    ctype, _ = mimetypes.guess_type(target.name)
-    return FileResponse(target, media_type=ctype or "application/octet-stream", headers=download_headers(target))
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    return FileResponse(target, media_type=ctype, headers=download_headers(target, ctype))
 
 
 class FileServer:

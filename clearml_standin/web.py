@@ -135,7 +135,8 @@ class WebUI:
     async def download(self, request: Request) -> Response:
         """An artifact or model file for a browser: the file server wants the stack's credentials,
         which a browser does not have; these pages are the stack's read-only view, so they hand
-        out downloads (never inline content) of what the file server holds."""
+        out what the file server holds, with the file server's own safe headers (inert types
+        inline, everything else as an attachment)."""
         if self.files_root is None:
             return _page("Not found", "<h1>Not found</h1>", 404)
         return serve_download(self.files_root, request.path_params.get("path", ""))
