@@ -1,7 +1,7 @@
 """`python -m benchmarks [NAME ...] [--quick] --json FILE`: run the benchmarks on their own local stack.
 
-Names: roundtrip, kinds, polling, submission, handoff, footprint, rerun, drills, chain (none = all). Prints a table
-(measured vs target) and writes every figure as JSON, one top-level key per benchmark.
+Names: roundtrip, kinds, polling, submission, handoff, footprint, rerun, drills, chain, prefect_db (none = all).
+Prints a table (measured vs target) and writes every figure as JSON, one top-level key per benchmark.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks.common import Outcome
 
-NAMES = ("roundtrip", "kinds", "polling", "submission", "handoff", "footprint", "rerun", "drills", "chain")
+NAMES = ("roundtrip", "kinds", "polling", "submission", "handoff", "footprint", "rerun", "drills", "chain",
+         "prefect_db")
 NEEDS_PREFECT = frozenset({"handoff", "footprint", "rerun", "drills"})
 
 

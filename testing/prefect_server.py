@@ -46,9 +46,11 @@ def free_port() -> int:
 
 
 def start_prefect_server(home: Path, cwd: Path, logging_level: str = "INFO",
-                         timeout_s: float = START_TIMEOUT_S, ui: bool = False) -> PrefectServer:
+                         timeout_s: float = START_TIMEOUT_S, ui: bool = False,
+                         server_env: dict[str, str] | None = None) -> PrefectServer:
     """Start the server and return once it answers /health (and serves its UI page with `ui`);
-    `cwd` is also put on its PYTHONPATH (the checkout whose flows the clients run)."""
+    `cwd` is also put on its PYTHONPATH (the checkout whose flows the clients run); `server_env`
+    only for the server process (a database URL and password)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -63,16 +65,16 @@ def start_prefect_server(home: Path, cwd: Path, logging_level: str = "INFO",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
     log = home / "server.log"
-    server_env = {**os.environ, **env, "PYTHONPATH": str(cwd)}
-    server_env.pop("PREFECT_API_URL")  # the server itself must not talk to a server
+    proc_env = {**os.environ, **env, "PYTHONPATH": str(cwd), **(server_env or {})}
+    proc_env.pop("PREFECT_API_URL")  # the server itself must not talk to a server
     if ui:
-        server_env.update({"PREFECT_UI_API_URL": api_url,  # the UI's default is port 4200
+        proc_env.update({"PREFECT_UI_API_URL": api_url,  # the UI's default is port 4200
                            "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui-static")})  # not the venv's shared copy
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
              "--port", str(port), *([] if ui else ["--no-ui"])],
-            cwd=cwd, env=server_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=cwd, env=proc_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = PrefectServer(api_url=api_url, home=home, env=env, proc=proc, log=log)
     deadline = time.monotonic() + timeout_s
     while True:

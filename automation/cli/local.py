@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,10 @@ import typer
 from rich.table import Table
 
 from automation.cli.errors import CommandGroup, console, err_console
-from automation.devstack.stack import LocalStack
+from automation.devstack.stack import PREFECT_DBS, LocalStack
+
+# The choices of --prefect-db, spelled once (in the stack).
+PrefectDb = Enum("PrefectDb", {name: name for name in PREFECT_DBS}, type=str)  # type: ignore[misc]
 
 local_app = CommandGroup(help="The local ClearML stand-in, its agents and its data directory.",
                         no_args_is_help=True)
@@ -51,6 +55,11 @@ def local_up(
     validate: Annotated[bool, typer.Option("--validate", hidden=True)] = False,
     no_prefect: Annotated[bool, typer.Option("--no-prefect", help="No Prefect server and no served "
                                                                   "deployments (ClearML side only).")] = False,
+    prefect_db: Annotated[PrefectDb | None, typer.Option(
+        "--prefect-db",
+        help="Where the Prefect server keeps its data: sqlite (the default) or postgres (a PostgreSQL cluster "
+             "in DIR/postgres from this machine's server binaries; Prefect's recommendation for concurrent "
+             "runs). Remembered for the data directory.")] = None,
 ) -> None:
     """Start the stand-in, one clearml-agent per queue, a Prefect server and the served deployments;
     print the env to use them."""
@@ -60,7 +69,8 @@ def local_up(
 
         settings()  # the served nightly reads AUTOMATION_NIGHTLY_MATRIX: a malformed one fails here, not at 02:00
     report = stack.up(queues=_split(queues), allow_faults=allow_faults, validate=validate,
-                      agents=not no_agents, prefect=not no_prefect)
+                      agents=not no_agents, prefect=not no_prefect,
+                      prefect_db=prefect_db.value if prefect_db else None)
     env_file = shlex.quote(str(stack.data.env_file))
     for key, value in report.env.items():
         if "SECRET" in key:
@@ -105,7 +115,11 @@ def local_status(
     if "prefect" in status:
         pf = status["prefect"]
         pstate = "[green]running[/green]" if pf["running"] else "[red]stopped[/red]"
-        table.add_row("prefect server", pstate, f"ui {pf['ui']}  home {pf['home']}")
+        table.add_row("prefect server", pstate, f"ui {pf['ui']}  home {pf['home']}  db {pf.get('db', 'sqlite')}")
+        if "postgres" in pf:
+            pg = pf["postgres"]
+            table.add_row("postgres", "[green]running[/green]" if pg["running"] else "[red]stopped[/red]",
+                          f"port {pg['port']}" + (f"  pid {pg['pid']}" if pg["pid"] else ""))
         sstate = "[green]running[/green]" if pf["serve"]["running"] else "[red]stopped[/red]"
         table.add_row("deployments served", sstate, f"pid {pf['serve']['pid']}" if pf["serve"]["pid"] else "")
     for q in status.get("queues", []):

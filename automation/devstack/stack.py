@@ -6,7 +6,9 @@ stored URLs stay valid across restarts), creates the queues, starts one real
 `DIR/clearml.conf`. With `prefect=True` (the CLI's default) it also starts a Prefect server
 (SQLite under `DIR/prefect`, UI on a remembered loopback port) and a process serving the product's
 deployments (`python -m deployments.serve`, defaults on the tiny model in `DIR/models/tiny`), and
-adds `PREFECT_API_URL` / `PREFECT_UI_URL` to `DIR/env`. It is idempotent: what already runs is left
+adds `PREFECT_API_URL` / `PREFECT_UI_URL` to `DIR/env`. With `prefect_db="postgres"` Prefect keeps
+its data in a PostgreSQL cluster of the stack instead (postgres.py), as Prefect recommends for
+concurrent runs. It is idempotent: what already runs is left
 alone. `down` stops exactly what `up` recorded in PID files, task processes and flow runs included.
 """
 
@@ -31,6 +33,7 @@ import httpx
 from automation.clearml.admin import AdminClient
 from automation.devstack import procs
 from automation.devstack.layout import DataDir
+from automation.devstack.postgres import LocalPostgres
 from automation.errors import StackError
 
 DEFAULT_QUEUES = ("gpu", "cpu")
@@ -42,6 +45,7 @@ SERVE_START_TIMEOUT_S = 180.0
 # What `python -m deployments.serve` registers (deployment names); `up` waits until the API lists them.
 SERVED_DEPLOYMENTS = ("compress-evaluate-benchmark", "sweep", "nightly")
 CLEARML_PORTS = ("api", "files", "web")
+PREFECT_DBS = ("sqlite", "postgres")
 
 
 def default_data_dir() -> Path:
@@ -76,6 +80,7 @@ class StackConfig:
     queues: list[str]
     allow_faults: bool = False
     validate: bool = False
+    prefect_db: str = "sqlite"
 
     @property
     def api_url(self) -> str:
@@ -118,6 +123,7 @@ class LocalStack:
                 queues=list(raw["queues"]),
                 allow_faults=bool(raw.get("allow_faults", False)),
                 validate=bool(raw.get("validate", False)),
+                prefect_db=str(raw.get("prefect_db", "sqlite")),
             )
         except FileNotFoundError:
             return None
@@ -127,7 +133,7 @@ class LocalStack:
     def _save_config(self, cfg: StackConfig) -> None:
         tmp = self.data.stack_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"ports": cfg.ports, "queues": cfg.queues, "allow_faults": cfg.allow_faults,
-                                   "validate": cfg.validate}, indent=2))
+                                   "validate": cfg.validate, "prefect_db": cfg.prefect_db}, indent=2))
         os.replace(tmp, self.data.stack_file)
 
     def _credentials(self) -> dict[str, str]:
@@ -188,13 +194,19 @@ class LocalStack:
         validate: bool = False,
         agents: bool = True,
         prefect: bool = False,
+        prefect_db: str | None = None,
+        serve: bool = True,
     ) -> UpReport:
-        """`prefect=True`: also the Prefect server and the served deployments (the CLI's default;
-        off in the Python API, where tests bring their own Prefect server)."""
+        """`prefect=True`: also the Prefect server and (with `serve`) the served deployments (the
+        CLI's default; off in the Python API, where tests bring their own Prefect server).
+        `prefect_db`: where that server keeps its data, "sqlite" or "postgres" (None: as recorded
+        for this data directory, else sqlite)."""
         bad = [q for q in queues or () if not QUEUE_NAME.fullmatch(q)]
         if bad:  # a queue name becomes a folder (the agent's HOME) and a file name: nothing else
             raise StackError(f"--queues: {bad} are not queue names (letters, digits, '.', '_', '-'; "
                              "not starting with '.'), e.g. gpu,cpu")
+        if prefect_db is not None and prefect_db not in PREFECT_DBS:
+            raise StackError(f"--prefect-db: '{prefect_db}' is not one of {', '.join(PREFECT_DBS)}")
         self.data.ensure()
         cfg = self._load_config()
         if cfg is None:
@@ -208,6 +220,10 @@ class LocalStack:
 
         if prefect and "prefect" not in cfg.ports:
             cfg.ports["prefect"] = _free_port()
+        if prefect and prefect_db is not None and prefect_db != cfg.prefect_db:
+            self._switch_prefect_db(cfg, prefect_db)
+        if prefect and cfg.prefect_db == "postgres" and "postgres" not in cfg.ports:
+            cfg.ports["postgres"] = _free_port()
         server = procs.running(self.data.pid_file("server"))
         if server is None:
             for name, port in [(n, p) for n, p in cfg.ports.items() if n in CLEARML_PORTS]:
@@ -227,6 +243,13 @@ class LocalStack:
 
         env = self.env(cfg)
         prefect_up = procs.running(self.data.pid_file("prefect-server")) is not None
+        if prefect and cfg.prefect_db == "postgres":
+            db = self.postgres(cfg)
+            if db.running() is None:
+                db.start()
+                report.started.append("postgres")
+            else:
+                report.already_running.append("postgres")
         if prefect and not prefect_up:
             self._start_prefect_server(cfg)
             report.started.append("prefect-server")
@@ -251,7 +274,7 @@ class LocalStack:
                 report.started.append(name)
                 fresh.append(queue)
             self._check_agents_alive(fresh)
-        if prefect:
+        if prefect and serve:
             if procs.running(self.data.pid_file("prefect-serve")) is None:
                 self._start_serve(cfg, env)
                 report.started.append("prefect-serve")
@@ -278,6 +301,19 @@ class LocalStack:
     def prefect_home(self) -> Path:
         return self.data.root / "prefect"
 
+    def postgres(self, cfg: StackConfig) -> LocalPostgres:
+        return LocalPostgres(self.data, cfg.ports["postgres"])
+
+    def _switch_prefect_db(self, cfg: StackConfig, wanted: str) -> None:
+        """A running Prefect server keeps its database; a stopped one may move to the other. Nothing
+        is deleted: the other database stays in DIR and switching back shows its runs again."""
+        if procs.running(self.data.pid_file("prefect-server")) is not None:
+            raise StackError(
+                f"the Prefect server of {self.data.root} runs on {cfg.prefect_db}; run `automation local down "
+                f"--data-dir {self.data.root}` first, then `up --prefect-db {wanted}` (the {cfg.prefect_db} data "
+                "is kept, but the new database starts without its runs and deployments)")
+        cfg.prefect_db = wanted
+
     def prefect_env(self, cfg: StackConfig) -> dict[str, str]:
         return {"PREFECT_API_URL": cfg.prefect_api_url, "PREFECT_UI_URL": cfg.prefect_ui_url}
 
@@ -293,12 +329,15 @@ class LocalStack:
             raise StackError(f"port {port} (prefect) recorded in {self.data.stack_file} is taken by another process; "
                              "stop it or delete the 'prefect' entry of stack.json to pick a new port")
         self.prefect_home.mkdir(parents=True, exist_ok=True)
+        server_env = self._prefect_base_env(cfg)
+        if cfg.prefect_db == "postgres":
+            server_env.update(self.postgres(cfg).prefect_env())
         prefect_bin = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which("prefect")
         if prefect_bin is None:
             raise StackError("prefect is not installed in this environment")
         log = self.data.logs / "prefect-server.log"
         proc = procs.start_detached([prefect_bin, "server", "start", "--host", HOST, "--port", str(port)],
-                                    self.data.pid_file("prefect-server"), log, env=self._prefect_base_env(cfg),
+                                    self.data.pid_file("prefect-server"), log, env=server_env,
                                     cwd=self.prefect_home)
         deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -431,6 +470,9 @@ class LocalStack:
                 stopped.append(pid_file.stem)
         if procs.stop_recorded(self.data.pid_file("prefect-server"), grace_s=10.0):
             stopped.append("prefect-server")
+        # After its only client; found by its PID file, whatever the recorded port.
+        if LocalPostgres(self.data, port=0).stop():
+            stopped.append("postgres")
         if procs.stop_recorded(self.data.pid_file("server")):
             stopped.append("server")
         self.data.ready_file.unlink(missing_ok=True)
@@ -454,7 +496,12 @@ class LocalStack:
             pserve = procs.running(self.data.pid_file("prefect-serve"))
             out["prefect"] = {"running": pserver is not None, "pid": pserver.pid if pserver else None,
                               "ui": cfg.prefect_ui_url, "api": cfg.prefect_api_url, "home": str(self.prefect_home),
-                              "serve": {"running": pserve is not None, "pid": pserve.pid if pserve else None}}
+                              "serve": {"running": pserve is not None, "pid": pserve.pid if pserve else None},
+                              "db": cfg.prefect_db}
+            if cfg.prefect_db == "postgres" and "postgres" in cfg.ports:
+                pg = self.postgres(cfg).running()
+                out["prefect"]["postgres"] = {"running": pg is not None, "pid": pg.pid if pg else None,
+                                              "port": cfg.ports["postgres"]}
         if server is not None:
             env = self.env(cfg)
             try:

@@ -146,3 +146,19 @@ def test_a_damaged_stack_file_is_one_line(tmp_path: Path, name: str, content: st
     (data / name).write_text(content)
     code, out = _cli("local", "up", "--data-dir", str(data), "--no-agents", "--no-prefect")
     assert code == 1 and "is damaged" in out, out
+
+
+def test_an_unknown_prefect_db_is_one_line_before_anything_exists(tmp_path: Path) -> None:
+    code, out = _cli("local", "up", "--data-dir", str(tmp_path / "data"), "--prefect-db", "mysql")
+    assert code == 2 and "--prefect-db" in out and "'sqlite', 'postgres'" in out, out
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_postgres_binaries_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from automation.devstack.postgres import BIN_ENV, find_bin_dir
+    from automation.errors import StackError
+
+    monkeypatch.setenv(BIN_ENV, str(tmp_path))
+    said = f"{BIN_ENV}=.* lacks one of initdb.*apt install postgresql.*--prefect-db sqlite"
+    with pytest.raises(StackError, match=said):
+        find_bin_dir()

@@ -99,3 +99,27 @@ def test_a_new_flow_parameter_is_one_edit() -> None:
     code, parsed, out = _parse(flow_fn, ["--model", "m", "--new-knob", "7", "--mode", "b", "--extra", "x,y"])
     assert code == 0, out
     assert parsed == {"model": "m", "new_knob": 7, "mode": "b", "extra": ["x", "y"]}
+
+
+def _yaml_deployments() -> list[dict[str, Any]]:
+    import yaml
+
+    from testing import REPO
+
+    return list(yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"])
+
+
+@pytest.mark.parametrize("deployment", _yaml_deployments(), ids=lambda d: str(d["name"]))
+def test_prefect_yaml_parameters_are_the_flows_own_and_validate(deployment: dict[str, Any]) -> None:
+    """`prefect deploy` would only refuse these on a server; here they are checked against the flow:
+    every key is a parameter of the entrypoint's flow, every value passes its types, `code` is offered."""
+    import importlib
+
+    path, name = deployment["entrypoint"].split(":")
+    flow_obj = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    signature = inspect.signature(flow_obj.fn)
+    for params in [deployment.get("parameters") or {},
+                   *[s.get("parameters") or {} for s in deployment.get("schedules") or []]]:
+        assert set(params) <= set(signature.parameters), set(params) - set(signature.parameters)
+        flow_obj.validate_parameters(params)
+    assert "code" in (deployment.get("parameters") or {})

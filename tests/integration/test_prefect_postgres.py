@@ -1,0 +1,105 @@
+"""`automation local up --prefect-db postgres`: the stack's Prefect server on a PostgreSQL cluster of
+its own (Debian's server binaries), started and stopped with the stack, data kept across restarts,
+its password in one private file only. The concurrency comparison with SQLite is a benchmark
+(`python -m benchmarks prefect_db`), not a test."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from automation.devstack import procs
+from automation.devstack.postgres import find_bin_dir
+from automation.devstack.stack import LocalStack
+from automation.errors import StackError
+from testing import REPO
+from testing.processes import child_env
+
+pytestmark = pytest.mark.integration
+
+
+def _have_postgres() -> bool:
+    try:
+        find_bin_dir()
+    except StackError:
+        return False
+    return True
+
+
+@pytest.fixture()
+def pg_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    if not _have_postgres():
+        pytest.skip("no PostgreSQL server binaries on this machine (Debian: apt install postgresql)")
+    stack = LocalStack(tmp_path / "stack")
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def _completed_flow_runs(api_url: str, expected: int, timeout_s: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        res = httpx.post(f"{api_url}/flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
+                         timeout=10)
+        res.raise_for_status()
+        if int(res.json()) >= expected or time.monotonic() > deadline:
+            return int(res.json())
+        time.sleep(1.0)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_postgres_mode_starts_keeps_data_and_stops(pg_stack: LocalStack) -> None:
+    stack = pg_stack
+    report = stack.up(agents=False, prefect=True, prefect_db="postgres", serve=False)
+    assert "postgres" in report.started and "prefect-server" in report.started, report
+    status = stack.status()
+    assert status["prefect"]["db"] == "postgres" and status["prefect"]["postgres"]["running"], status
+    port = status["prefect"]["postgres"]["port"]
+    api_url = report.env["PREFECT_API_URL"]
+
+    # A flow run (its own process, as a worker runs it) lands in PostgreSQL, not in a SQLite file.
+    run = subprocess.run([sys.executable, "-m", "benchmarks.prefect_db", "load", "3", "0.1"], cwd=REPO,
+                         env=child_env({"PREFECT_API_URL": api_url}), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert _completed_flow_runs(api_url, 1) == 1
+    assert not list(stack.prefect_home.glob("*.db")), list(stack.prefect_home.iterdir())
+
+    # The password lives in one 0600 file; not in the env file, stack.json, a log or a command line.
+    pw_file = stack.data.root / "postgres" / "password"
+    assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
+    password = pw_file.read_text().strip()
+    assert len(password) >= 24
+    exposed = [p for p in [stack.data.env_file, stack.data.stack_file, *stack.data.logs.iterdir(),
+                           *stack.data.run.glob("*.pid")] if password in p.read_text(errors="replace")]
+    assert not exposed, exposed
+
+    # A running server keeps its database: asking for the other is an error that says what to do.
+    with pytest.raises(StackError, match=r"local down .*--prefect-db sqlite"):
+        stack.up(agents=False, prefect=True, prefect_db="sqlite", serve=False)
+
+    stopped = stack.down()
+    assert "postgres" in stopped and "prefect-server" in stopped, stopped
+    assert procs.running(stack.data.pid_file("postgres")) is None
+    assert not _port_open(port)
+    assert "database system is shut down" in (stack.data.logs / "postgres.log").read_text()
+
+    # Up again without the option: the recorded database, with last time's flow run in it.
+    report = stack.up(agents=False, prefect=True, serve=False)
+    assert "postgres" in report.started, report
+    assert json.loads(stack.data.stack_file.read_text())["prefect_db"] == "postgres"
+    assert _completed_flow_runs(report.env["PREFECT_API_URL"], 1, timeout_s=5) == 1
