@@ -89,6 +89,26 @@ def _direct(tiny: Path, work: Path) -> tuple[float, dict[str, float]]:
     return time.monotonic() - started, steps
 
 
+# A step's time on the agent, in order: created -> the core script's process started (queue poll,
+# agent launch, environment), then the phases the script's runtime records, then its process end
+# -> completed (the SDK's close).
+PHASE_COLUMNS = ("pickup", "imports", "sdk_init", "spec_read", "input_model", "work", "upload", "flush", "close")
+
+
+def _phases(task: dict[str, Any], created: float, completed: float) -> dict[str, float]:
+    from automation.scripts.runtime import PHASE_PREFIX
+
+    props = (task.get("hyperparams") or {}).get("properties") or {}
+    got = {k[len(PHASE_PREFIX):]: float(v["value"]) for k, v in props.items() if k.startswith(PHASE_PREFIX)}
+    if "start" not in got or "end" not in got:
+        return {}
+    out = {f"{k}_s": round(got[k + "_s"], 2) for k in PHASE_COLUMNS if k + "_s" in got}
+    out["pickup_s"] = round(got["start"] - created, 2)
+    out["close_s"] = round(completed - got["end"], 2)
+    out["beyond_work_s"] = round(completed - created - got.get("work_s", 0.0), 2)
+    return out
+
+
 def _ts(value: datetime | str | None) -> float | None:
     when = parse_timestamp(value)
     return None if when is None else when.timestamp()
@@ -110,7 +130,8 @@ def run(bench: Bench) -> Outcome:
         if created is None or started is None or completed is None:
             continue
         steps[kind] = {"queue_wait_s": round(started - created, 2), "run_s": round(completed - started, 2),
-                       "direct_run_s": round(direct_steps.get(kind, float("nan")), 2)}
+                       "direct_run_s": round(direct_steps.get(kind, float("nan")), 2),
+                       **_phases(task, created, completed)}
     comp_done = _ts(tasks["compress"].get("completed"))
     down_created = min(_ts(tasks[k].get("created")) or 0.0 for k in ("evaluate", "benchmark"))
     handoff_s = round(down_created - comp_done, 2) if comp_done else None
@@ -127,5 +148,9 @@ def run(bench: Bench) -> Outcome:
     for kind, s in steps.items():
         rows.append(Row(f"{kind}: queue wait | run | direct run (s)",
                         f"{fmt(s['queue_wait_s'], 1)} | {fmt(s['run_s'], 1)} | {fmt(s['direct_run_s'], 1)}"))
+        if "work_s" in s:
+            rows.append(Row(f"{kind}: {' | '.join(PHASE_COLUMNS)} (s)",
+                            " | ".join(fmt(s.get(c + "_s"), 1) for c in PHASE_COLUMNS)))
+            rows.append(Row(f"{kind}: on the agent beyond the work (s)", fmt(s["beyond_work_s"], 1)))
     rows.append(Row("compress done -> downstream created (s)", fmt(handoff_s)))
     return Outcome(data=data, rows=rows)

@@ -40,6 +40,7 @@ DEFAULT_QUEUES = ("gpu", "cpu")
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 30.0
 AGENT_SETTLE_S = 3.0
+AGENT_POLL_S = "1"
 PREFECT_START_TIMEOUT_S = 120.0
 SERVE_START_TIMEOUT_S = 180.0
 # What `python -m deployments.serve` registers (deployment names); `up` waits until the API lists them.
@@ -439,6 +440,10 @@ class LocalStack:
             "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
+        # The agent's one interval for polling its queue AND, while a task runs, for noticing that
+        # the task's process ended (and for checking for a stop): 5 s by default, paid up to twice
+        # per step. The stand-in answers a poll in about a millisecond.
+        agent_env.setdefault("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", AGENT_POLL_S)
         # Agents share this machine's cores: without a cap each task's torch takes all of them and
         # concurrent tasks thrash (a 14 s model build took 98 s next to another task).
         agent_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, n_agents))))
@@ -556,6 +561,9 @@ sdk {{
     development {{
         default_output_uri: "{cfg.files_url}"
         support_stopping: true
+        # Report from a thread of the task process, not a subprocess of it: its start-up and
+        # its flush handshake cost seconds per task (docs/benchmarks.md, "chain").
+        report_use_subprocess: false
     }}
 }}
 agent {{

@@ -86,6 +86,8 @@ class ClearMLReporter:
     def __init__(self, task: Any) -> None:
         self.task = task
         self.logger = task.get_logger()
+        # Seconds spent moving models and artifacts to and from the file server: not the work.
+        self.spent = {"input_model_s": 0.0, "upload_s": 0.0}
 
     def progress(self, percent: float, message: str = "") -> None:
         self.task.set_progress(int(max(0, min(100, percent))))
@@ -99,23 +101,30 @@ class ClearMLReporter:
         self.logger.report_single_value(name, float(value))
 
     def artifact(self, name: str, obj: Any) -> None:
+        t0 = time.monotonic()
         self.task.upload_artifact(name=name, artifact_object=str(obj) if isinstance(obj, Path) else obj,
                                   wait_on_upload=True)
+        self.spent["upload_s"] += time.monotonic() - t0
 
     def output_model(self, path: Path, name: str, framework: str = "PyTorch",
                      tags: tuple[str, ...] = ()) -> str | None:
         from clearml import OutputModel
 
+        t0 = time.monotonic()
         model = OutputModel(task=self.task, name=name, framework=framework, tags=list(tags))
         model.update_weights_package(weights_path=str(path), auto_delete_file=False) if path.is_dir() else \
             model.update_weights(weights_filename=str(path), auto_delete_file=False)
+        self.spent["upload_s"] += time.monotonic() - t0
         return str(model.id)
 
     def input_model(self) -> Path | None:
+        t0 = time.monotonic()
         models = self.task.models.get("input") or []
         if not models:
             return None
-        return Path(models[-1].get_local_copy(raise_on_error=True))
+        local = Path(models[-1].get_local_copy(raise_on_error=True))
+        self.spent["input_model_s"] += time.monotonic() - t0
+        return local
 
     def log(self, message: str) -> None:
         print(message, flush=True)
@@ -166,6 +175,33 @@ class LocalReporter:
 
 
 CoreMain = Callable[[TaskSpec, Reporter], None]
+PHASE_PREFIX = "phase."
+
+
+def _record_phases(task: Any, marks: dict[str, float], spent: dict[str, float]) -> None:
+    """Where this task's time went, as user properties `phase.*` (seconds; `start` and `end` as
+    epoch seconds, so queue wait, agent launch and the SDK's close can be read off the task's own
+    timestamps). Best effort: a task whose figures cannot be written is still a finished task."""
+    import psutil  # a dependency of clearml
+
+    now_epoch, now = time.time(), time.monotonic()
+    process_start = psutil.Process().create_time()
+    work = marks["main_done"] - marks["spec_read"] - spent["input_model_s"] - spent["upload_s"]
+    phases = {
+        "start": process_start,
+        "imports_s": (now_epoch - (now - marks["entered"])) - process_start,
+        "sdk_init_s": marks["sdk_ready"] - marks["entered"],
+        "spec_read_s": marks["spec_read"] - marks["sdk_ready"],
+        "input_model_s": spent["input_model_s"],
+        "work_s": max(0.0, work),
+        "upload_s": spent["upload_s"],
+        "flush_s": marks["flushed"] - marks["main_done"],
+        "end": now_epoch,
+    }
+    try:
+        task.set_user_properties(**{f"{PHASE_PREFIX}{k}": f"{v:.3f}" for k, v in phases.items()})
+    except Exception as exc:  # the figures are a report, not the result
+        print(f"could not record the phase timings: {exc}", flush=True)
 
 
 def _load_secrets(spec: TaskSpec) -> None:
@@ -192,16 +228,23 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         main(spec, LocalReporter(args.out))
         return
 
+    marks = {"entered": time.monotonic()}
     from clearml import Task
 
     task: Any = Task.init()  # under an agent: attaches to the task the agent runs
-    started = time.monotonic()
+    started = marks["sdk_ready"] = time.monotonic()
     try:
         spec = spec_from_task(task)
         if spec.kind != kind:
             raise SpecError(f"task holds a '{spec.kind}' spec but runs the '{kind}' script")
         _load_secrets(spec)
-        main(spec, ClearMLReporter(task))
+        marks["spec_read"] = time.monotonic()
+        reporter = ClearMLReporter(task)
+        main(spec, reporter)
+        marks["main_done"] = time.monotonic()
+        task.flush(wait_for_uploads=True)
+        marks["flushed"] = time.monotonic()
+        _record_phases(task, marks, reporter.spent)
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise

@@ -25,7 +25,7 @@ import pytest
 
 from automation.clearml.admin import AdminClient
 from automation.clearml.client import FLOW_RUN_TAG, IDENTITY_TAG, TASK_RUN_TAG, ClearMLBackend
-from automation.clearml.records import TaskRecord
+from automation.clearml.records import TaskRecord, parse_timestamp
 from automation.errors import CodeError, QueueNotFound, ServerUnreachable, SpecError, TaskTimeout
 from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
@@ -135,6 +135,24 @@ def test_happy_path_concurrent_tasks(stack: StackHandle, api: AdminClient) -> No
     flow_run_id = flow_tags[0][len(FLOW_RUN_TAG):]
     assert url.endswith(f"/flow-runs/flow-run/{flow_run_id}")
     assert len(by_tag(api, flow_tags[0])) == 3
+
+    # Where the task's time went, recorded by the core script's runtime, consistent with the
+    # task's own timestamps: the process starts after the task was created, the figures are
+    # written before the task is completed, and the debug work holds its 1 s of sleep. (Not
+    # `started`: the script's own Task.init marks the task started again, after its imports.)
+    full = api.call("tasks.get_by_id", {"task": task["id"]})["task"]
+    props = {k[len("phase."):]: float(v["value"]) for k, v in full["hyperparams"]["properties"].items()
+             if k.startswith("phase.")}
+    assert set(props) == {"start", "imports_s", "sdk_init_s", "spec_read_s", "input_model_s", "work_s",
+                          "upload_s", "flush_s", "end"}, props
+    assert all(props[k] >= 0 for k in props), props
+    assert props["work_s"] >= 1.0 and props["upload_s"] > 0 and props["input_model_s"] == 0, props
+    created_at, completed_at = (parse_timestamp(full[k]) for k in ("created", "completed"))
+    assert created_at is not None and completed_at is not None
+    assert created_at.timestamp() - 1 <= props["start"] < props["end"] <= completed_at.timestamp() + 1, \
+        (props, full["created"], full["completed"])
+    in_process = sum(v for k, v in props.items() if k.endswith("_s"))
+    assert in_process <= props["end"] - props["start"] + 0.5, props
 
     # Prefect side: a link artifact per task pointing at the ClearML task page.
     links = asyncio.run(_links(flow_run_id))

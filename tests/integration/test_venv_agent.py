@@ -164,3 +164,37 @@ def test_a_requirement_the_agent_cannot_install_is_an_infrastructure_failure_nam
     assert isinstance(caught.value, InfrastructureError), caught.value
     first = str(caught.value).splitlines()[0]
     assert "could not install the task's requirements: ERROR: " in first and "automation-no-such-package" in first
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_compress_runs_in_a_venv_the_agent_builds(local_stack: StackHandle, venv_agent: VenvAgent,
+                                                   tiny_model: Path) -> None:
+    """The compress kind the same way, cold then warm: a measurement more than a check (its venv
+    holds torch, transformers and llm-compressor, about 2 GB), so it runs only when asked for with
+    AUTOMATION_VENV_COMPRESS=1; figures in docs/benchmarks.md."""
+    if os.environ.get("AUTOMATION_VENV_COMPRESS") != "1":
+        pytest.skip("set AUTOMATION_VENV_COMPRESS=1 to build a compress venv (about 2 GB; a measurement)")
+    from automation.specs.compress import CompressSpec
+    from flows.bridge import backend, execute
+
+    times: list[float] = []
+    for samples in (16, 8):  # two identities: the second is computed, not reused
+        spec = CompressSpec(project="venv-agent-tests", queue=QUEUE, code=venv_agent.code, model=str(tiny_model),
+                            recipe="w4a16", calibration="tiny", num_samples=samples, max_seq_length=64)
+
+        async def go(spec: CompressSpec = spec) -> TaskResult:
+            try:
+                return await execute(spec, max_wait_s=1800)
+            finally:
+                await backend().aclose()
+
+        started = time.monotonic()
+        result = asyncio.run(go())
+        times.append(time.monotonic() - started)
+        assert result.status == "completed" and result.model_id, (result, venv_agent.log.read_text()[-4000:])
+        print(f"\ncompress in a venv ({samples} samples): {times[-1]:.1f} s; "
+              f"{_phases(local_stack, result.task_id)}")
+    warm_log = _task_log(local_stack, result.task_id)
+    assert "Using Cached environment" in warm_log + venv_agent.log.read_text(), "the venv cache was not used"
+    print(f"venv-mode agent, compress kind: cold {times[0]:.1f} s, warm {times[1]:.1f} s (enqueue to completed)")
