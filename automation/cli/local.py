@@ -138,26 +138,35 @@ def demo(
     data_dir: DataDirOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
     refresh: Annotated[bool, typer.Option(help="Recompute every step instead of reusing finished work.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the stack running afterwards (ClearML pages, Prefect "
+                                                      "UI); `automation local down` stops it.")] = False,
 ) -> None:
     """The main job: compress -> evaluate -> benchmark the tiny model on the local stack (brought
     up for the run unless it already runs), with gates and the joined report."""
     from automation.devstack.demo import run_demo
 
     _exit_on_sigterm()
-    outcome = run_demo(data_dir, json_out=json_out, refresh=refresh)
+    outcome = run_demo(data_dir, json_out=json_out, refresh=refresh, keep=keep)
     report = outcome.report
+    dir_opt = f" --data-dir {shlex.quote(str(outcome.data_dir))}"
     console.print(f"\ndemo finished in {outcome.wall_s:.0f} s: report outcome [bold]{report.get('outcome', '?')}"
                   f"[/bold] over {len(report.get('cells', []))} cells")
-    console.print("where to see it:")
-    if report.get("summary_task_url"):
-        console.print(f"  ClearML summary task: {report['summary_task_url']}")
-    console.print(f"  ClearML pages (while the stack is up): {outcome.web_url or 'see automation local status'}")
+    if outcome.running:
+        console.print("where to see it (the stack is running):")
+    else:
+        console.print(f"where to see it: the stack is stopped; `automation local up{dir_opt}` brings it back with "
+                      "this run, then:")
     if report.get("flow_run_url"):
         console.print(f"  Prefect flow run: {report['flow_run_url']}")
-    if outcome.prefect_home:
-        console.print(f"  Prefect UI: PREFECT_HOME={outcome.prefect_home} prefect server start")
+    elif outcome.prefect_ui_url:
+        console.print(f"  Prefect UI: {outcome.prefect_ui_url}")
+    if report.get("summary_task_url"):
+        console.print(f"  ClearML summary task: {report['summary_task_url']}")
+    console.print(f"  ClearML pages: {outcome.web_url or 'see automation local status'}")
     if json_out:
         console.print(f"  report JSON: {json_out}")
+    if outcome.running:
+        console.print(f"stop it with `automation local down{dir_opt}`")
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
 

@@ -6,13 +6,14 @@ w4a16 and fp8_dynamic on the `tiny` suite and the `smoke` profile: real llm-comp
 GuideLLM, each step a ClearML task run by a real clearml-agent. Compressions and benchmarks go to
 the `gpu` queue, evaluations to `cpu` (two agents, so the base evaluation runs next to the
 compressions). Performance is reported but not gated (CPU timings of a tiny model are noise).
-Prints the joined report and where to see it; takes the stack down again if it
-started it.
+Prints the joined report and where to see it. The run goes to the stack's own Prefect server
+(started with the stack, its data in DIR), so it stays inspectable: with `keep` everything is left
+running (the ClearML pages and the Prefect UI work at once; `automation local down` stops it);
+without it the stack is taken down again if the demo started it, and `automation local up`
+brings both back with the run in them.
 
 The flow runs in a child process (the `automation run` command) with the stack's environment,
-so the ClearML SDK and Prefect read their settings fresh. Without PREFECT_API_URL it uses a
-Prefect home inside the data directory, so the runs stay inspectable
-(`PREFECT_HOME=DIR/prefect prefect server start`).
+so the ClearML SDK and Prefect read their settings fresh.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class DemoOutcome:
     report: dict[str, Any]
     wall_s: float
     exit_code: int
-    prefect_home: str | None
+    data_dir: Path
     web_url: str
+    prefect_ui_url: str
+    running: bool  # the stack is still up (kept, or it was up before the demo)
 
 
 def demo_parameters(tiny: Path, refresh: bool = False) -> dict[str, Any]:
@@ -57,19 +60,14 @@ def demo_arguments(tiny: Path, refresh: bool = False) -> list[str]:
 
 
 def demo_env(stack_env: dict[str, str], data_dir: Path) -> dict[str, str]:
-    env = {**os.environ, **stack_env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    if not env.get("PREFECT_API_URL"):
-        env["PREFECT_HOME"] = str(data_dir / "prefect")
-        # The temporary server's telemetry heartbeat races the flow for SQLite ("database is locked").
-        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        # Its default 20 s start-up deadline was missed once on a loaded 2-core host: the demo
-        # then failed before any step ran. A slow start is no reason to fail the main job.
-        env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    return env
+    """The stack's environment (its Prefect server's URL included) over this process's, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {**env, **stack_env, "PREFECT_HOME": str(data_dir / "prefect"), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh: bool = False) -> DemoOutcome:
+def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh: bool = False,
+             keep: bool = False) -> DemoOutcome:
     # Everything the demo runs is local (tiny model, built-in calibration set, local suite): the
     # agents this starts inherit offline hub settings too, so no step can wait on a network.
     # The core scripts go offline for such steps by themselves; this covers anything before them.
@@ -80,7 +78,9 @@ def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh
     started = time.monotonic()
     try:
         # Inside the try: an `up` that fails half-way (an agent exiting at start) is taken down too.
-        up = stack.up(queues=list(DEMO_QUEUES))
+        # The stack's Prefect server holds the run, so it outlives the demo (not the served
+        # deployments: the demo does not need them, and `local up` adds them when wanted).
+        up = stack.up(queues=list(DEMO_QUEUES), prefect=True, serve=False)
         env = demo_env(up.env, stack.data.root)
         tiny = ensure_tiny_model(stack.data.root / "models" / "tiny", env)
         out = json_out or (stack.data.root / "reports" / "demo-report.json")
@@ -90,7 +90,8 @@ def run_demo(data_dir: Path | None = None, json_out: Path | None = None, refresh
         code = subprocess.run(argv, env=env, check=False).returncode
         report = json.loads(out.read_text()) if out.is_file() else {}
         return DemoOutcome(report=report, wall_s=time.monotonic() - started, exit_code=code,
-                           prefect_home=env.get("PREFECT_HOME"), web_url=up.env.get("CLEARML_WEB_HOST", ""))
+                           data_dir=stack.data.root, web_url=up.env.get("CLEARML_WEB_HOST", ""),
+                           prefect_ui_url=up.env.get("PREFECT_UI_URL", ""), running=keep or was_up)
     finally:
-        if not was_up:
+        if not (keep or was_up):
             stack.down()

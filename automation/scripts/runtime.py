@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -249,9 +249,10 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
         message = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        sys.stdout.flush()
-        task.get_logger().report_text(message)
+        # Straight into the task's log through the SDK, and flushed before the task turns failed:
+        # what the script prints reaches the log only when the agent next looks at the process,
+        # after it has ended, so a reader that sees "failed" would find no traceback yet.
+        task.get_logger().report_text(traceback.format_exc().rstrip(), level=logging.ERROR, print_console=False)
         task.flush(wait_for_uploads=True)
         # status_message carries the cause (the bridge classifies failures from it).
         task.mark_failed(status_reason=message[:255], status_message=message[:2000], force=True)

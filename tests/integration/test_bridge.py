@@ -183,7 +183,9 @@ def test_happy_path_concurrent_tasks(stack: StackHandle, api: AdminClient) -> No
 
     # Transitions reach each task run's Prefect log.
     task_run_id = next(t for t in task["tags"] if t.startswith(TASK_RUN_TAG))[len(TASK_RUN_TAG):]
-    wanted = [f"ClearML task {task['id']}: {status}" for status in ("queued", "in_progress", "completed")]
+    # The statuses the poller saw: an agent that polls every second may take a task before the
+    # first poll sees it queued, so "queued" may be skipped; the run and its end may not.
+    wanted = [f"ClearML task {task['id']}: {status}" for status in ("in_progress", "completed")]
 
     def logged() -> list[str] | None:
         lines = asyncio.run(_task_run_logs(flow_run_id, task_run_id))

@@ -142,6 +142,14 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     leaked = [str(f) for f in home.rglob("*") if f.is_file() and f.stat().st_mode & 0o077
               and secret.encode() in f.read_bytes()]
     assert leaked == []
+    # The agent's per-step settings (docs/benchmarks.md, "chain per phase"): a 1 s poll of its queue
+    # and of a task's process, and an SDK that reports from a thread, not a subprocess.
+    agent = procs.running(data.pid_file("agent-q1"))
+    assert agent is not None and agent.environ().get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") == "1"
+    from pyhocon import ConfigFactory
+
+    agent_conf = ConfigFactory.parse_file(str(data.agent_conf))
+    assert agent_conf.get("sdk.development.report_use_subprocess") is False
     # What `eval "$(automation local up)"` then `source DIR/env` leaves in a shell is DIR/env's env.
     shell = subprocess.run(["bash", "-c", f'eval "$1" && source {shlex.quote(str(data.env_file))} && env', "_",
                             first.stdout], capture_output=True, text=True, timeout=30)

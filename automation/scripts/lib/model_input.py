@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def local_model_dir(ref: ModelRef, report: Any) -> Path:
                                   "local path must exist on the agent that runs the task (upload the model to "
                                   "ClearML and give clearml:<model id> instead)")
         return local
+    started = time.monotonic()
+    try:
+        return _fetch(ref, report)
+    finally:
+        spent = getattr(report, "spent", None)  # the task's phase timings (runtime.ClearMLReporter)
+        if isinstance(spent, dict):
+            spent["input_model_s"] = spent.get("input_model_s", 0.0) + time.monotonic() - started
+
+
+def _fetch(ref: ModelRef, report: Any) -> Path:
     if ref.source == "hf":
         from huggingface_hub import snapshot_download
 
