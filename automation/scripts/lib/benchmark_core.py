@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +144,25 @@ def _error_fraction(benchmarks: list[dict[str, Any]]) -> float:
     return errored / total if total else 1.0
 
 
+# AF_UNIX socket paths hold at most 107 bytes, and GuideLLM's multiprocessing managers put theirs
+# under TMPDIR (TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX, about 30 more): an agent whose temp dir
+# lives deep in a data directory made GuideLLM die with "AF_UNIX path too long".
+MAX_TMPDIR_LEN = 60
+
+
+@contextlib.contextmanager
+def _socket_safe_tmpdir() -> Iterator[dict[str, str]]:
+    """{} when TMPDIR is short enough, else {"TMPDIR": a fresh private folder in /tmp}, removed after."""
+    if len(tempfile.gettempdir()) <= MAX_TMPDIR_LEN or not os.access("/tmp", os.W_OK):
+        yield {}
+        return
+    short = tempfile.mkdtemp(prefix="guidellm-", dir="/tmp")  # mode 0700
+    try:
+        yield {"TMPDIR": short}
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
 def benchmark(
     target_url: str,
     model_name: str,
@@ -177,9 +200,9 @@ def benchmark(
     cmd = [str(Path(sys.executable).with_name("guidellm")), "run", "--scenario", str(scenario_path)]
     cmd += ["--disable-console-interactive"]
     log_path = out_dir / "guidellm.log"
-    with log_path.open("wb") as log:
+    with _socket_safe_tmpdir() as tmp, log_path.open("wb") as log:
         proc = subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**env, **tmp}, timeout=timeout_s, check=False
         )
     if proc.returncode != 0 or not report_path.is_file():
         tail = log_path.read_text(errors="replace")[-3000:]
