@@ -187,7 +187,8 @@ class LocalPostgres:
         if res.returncode != 0 and "already exists" not in res.stderr:
             raise StackError(f"creating the database '{DB_NAME}' failed: {res.stderr.strip()}")
 
-    def _as_user(self) -> list[str]:
+    @staticmethod
+    def _as_user() -> list[str]:
         """The command prefix that makes PostgreSQL not root (it refuses to run as root)."""
         if os.geteuid() != 0:
             return []

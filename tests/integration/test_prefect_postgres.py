@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from automation.devstack import procs
-from automation.devstack.postgres import find_bin_dir
+from automation.devstack.postgres import LocalPostgres, find_bin_dir
 from automation.devstack.stack import LocalStack
 from automation.errors import StackError
 from testing import REPO
@@ -27,18 +27,21 @@ from testing.processes import child_env
 pytestmark = pytest.mark.integration
 
 
-def _have_postgres() -> bool:
+def _why_no_postgres() -> str | None:
+    """Why PostgreSQL cannot run here at all (no binaries; root without user namespaces), else None."""
     try:
         find_bin_dir()
-    except StackError:
-        return False
-    return True
+        LocalPostgres._as_user()
+    except StackError as exc:
+        return str(exc)
+    return None
 
 
 @pytest.fixture()
 def pg_stack(tmp_path: Path) -> Iterator[LocalStack]:
-    if not _have_postgres():
-        pytest.skip("no PostgreSQL server binaries on this machine (Debian: apt install postgresql)")
+    why = _why_no_postgres()
+    if why:
+        pytest.skip(why)
     stack = LocalStack(tmp_path / "stack")
     try:
         yield stack
