@@ -162,3 +162,12 @@ def test_missing_postgres_binaries_name_the_fix(tmp_path: Path, monkeypatch: pyt
     said = f"{BIN_ENV}=.* lacks one of initdb.*apt install postgresql.*--prefect-db sqlite"
     with pytest.raises(StackError, match=said):
         find_bin_dir()
+
+
+def test_postgres_bin_env_names_the_folder_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from automation.devstack.postgres import BIN_ENV, NEEDED, find_bin_dir
+
+    for name in NEEDED:
+        (tmp_path / name).write_text("")
+    monkeypatch.setenv(BIN_ENV, str(tmp_path))
+    assert find_bin_dir() == tmp_path
