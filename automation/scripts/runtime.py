@@ -213,6 +213,28 @@ def _load_secrets(spec: TaskSpec) -> None:
         print(f"secrets loaded into the environment: {', '.join(sorted(spec.secret_env))}", flush=True)
 
 
+FAILURE_LOG_WAIT_S = 10.0
+
+
+def _log_before_failing(task: Any, text: str) -> None:
+    """The traceback in the task's log before the task turns failed. What the script prints
+    reaches the log only when the agent next looks at the process, after it has ended, and the
+    SDK's flush only nudges its log thread: a reader that sees "failed" (the bridge, classifying
+    an OOM from the log) would find nothing yet. So send it through the SDK and read it back."""
+    task.get_logger().report_text(text, level=logging.ERROR, print_console=False)
+    task.flush(wait_for_uploads=True)
+    last_line = text.splitlines()[-1]
+    deadline = time.monotonic() + FAILURE_LOG_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if any(last_line in str(msg) for msg in task.get_reported_console_output(number_of_reports=5)):
+                return
+        except Exception:  # the server blinking: the status message still carries the cause
+            pass
+        time.sleep(0.2)
+    print("the traceback did not show in the task's log in time; the status message carries the cause", flush=True)
+
+
 def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
     """Entry point of every core script."""
     parser = argparse.ArgumentParser(prog=f"automation.scripts.{kind}")
@@ -249,11 +271,7 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
         message = f"{type(exc).__name__}: {exc}"
-        # Straight into the task's log through the SDK, and flushed before the task turns failed:
-        # what the script prints reaches the log only when the agent next looks at the process,
-        # after it has ended, so a reader that sees "failed" would find no traceback yet.
-        task.get_logger().report_text(traceback.format_exc().rstrip(), level=logging.ERROR, print_console=False)
-        task.flush(wait_for_uploads=True)
+        _log_before_failing(task, traceback.format_exc().rstrip())
         # status_message carries the cause (the bridge classifies failures from it).
         task.mark_failed(status_reason=message[:255], status_message=message[:2000], force=True)
         os._exit(1)  # mark_failed already told the server; skip the SDK's own atexit re-marking
