@@ -41,7 +41,7 @@ from testing import REPO
 from testing.prefect_server import start_prefect_server
 from testing.processes import OFFLINE, child_env, stop_process_group
 from testing.stacks import ACTIVE, StackHandle, admin_client
-from testing.waits import wait_for
+from testing.waits import WaitTimeout, wait_for
 from tests.e2e.ui_flows import FLOW_NAME
 
 try:
@@ -343,6 +343,14 @@ def test_cancel_from_the_ui_stops_the_clearml_tasks(page: Page, ui_server: UiSer
     open_custom_run_form(page, ui_server, deployment, shot)
     refresh = form_property(page, "refresh (Optional)").get_by_role("switch")
     refresh.click()
+    # A click that lands before the form has hydrated leaves the switch off (seen once in CI):
+    # look again for a few seconds, and click again if it is still off.
+    for _ in range(3):
+        try:
+            wait_for("the refresh switch on", lambda: refresh.get_attribute("aria-checked") == "true", 3, every_s=0.2)
+            break
+        except WaitTimeout:
+            refresh.click()
     assert refresh.get_attribute("aria-checked") == "true"
     shot("form-refresh-on")
     flow_run_id = submit_and_open_run(page, ui_server, deployment, shot, "cancel-run-submitted")
