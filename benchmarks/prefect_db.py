@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import httpx
 from benchmarks.common import Outcome, Row, fmt
 from benchmarks.stack import Bench, percentile
 from testing import REPO
-from testing.prefect_server import PrefectServer, start_prefect_server
+from testing.prefect_server import PrefectServer, free_port, start_prefect_server
 from testing.processes import child_env
 
 RUNS = 30
@@ -66,7 +65,7 @@ def _one(bench: Bench, db: str, tasks: int, sleep_s: float) -> dict[str, Any]:
 
         layout = DataDir(root / "stack")
         layout.ensure()
-        pg = LocalPostgres(layout, _free_port())
+        pg = LocalPostgres(layout, free_port())
         pg.start()
         server_env = pg.prefect_env()
     server: PrefectServer | None = None
@@ -145,12 +144,6 @@ def _counts(api_url: str) -> dict[str, int]:
         flows.raise_for_status()
         task_runs.raise_for_status()
         return {"flow_runs": int(flows.json()), "task_runs": int(task_runs.json())}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the load: one flow run per process ----------------------------------------------------------------

@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import psutil
 
 from automation.devstack import procs
 from automation.devstack.layout import DataDir
+from automation.devstack.procs import log_tail as _tail
+from automation.devstack.procs import port_free as _port_free
 from automation.errors import StackError
 
 DB_USER = "prefect"
@@ -133,10 +134,10 @@ class LocalPostgres:
                 return
             if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
                 self.pid_file.unlink(missing_ok=True)
-                raise StackError(f"PostgreSQL exited during start-up:\n{_tail(self.log)}")
+                raise StackError(f"PostgreSQL exited during start-up:\n{_tail(self.log, 20)}")
             time.sleep(0.2)
         self.stop()
-        raise StackError(f"PostgreSQL did not accept connections in {START_TIMEOUT_S:.0f} s:\n{_tail(self.log)}")
+        raise StackError(f"PostgreSQL did not accept connections in {START_TIMEOUT_S:.0f} s:\n{_tail(self.log, 20)}")
 
     def stop(self) -> bool:
         """Fast shutdown (SIGINT: sessions end, a checkpoint is written); a kill after STOP_TIMEOUT_S
@@ -209,20 +210,3 @@ class LocalPostgres:
         # No PG* of the caller (a PGHOST or PGPASSWORD of another database) and a locale that exists.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         return {**env, "LC_ALL": "C", "LANG": "C"}
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -132,3 +133,23 @@ def wait_for(predicate: object, timeout_s: float, interval_s: float = 0.05) -> b
             return True
         time.sleep(interval_s)
     return bool(predicate())  # type: ignore[operator]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Same option as the servers' own bind: connections in TIME_WAIT from a killed server
+        # must not make its port look taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a process's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

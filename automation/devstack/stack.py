@@ -34,6 +34,8 @@ from automation.clearml.admin import AdminClient
 from automation.devstack import procs
 from automation.devstack.layout import DataDir
 from automation.devstack.postgres import LocalPostgres
+from automation.devstack.procs import log_tail as _tail
+from automation.devstack.procs import port_free as _port_free
 from automation.errors import StackError
 
 DEFAULT_QUEUES = ("gpu", "cpu")
@@ -58,18 +60,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Same option as the server's own bind: connections in TIME_WAIT from a killed server
-        # must not make its port look taken.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -586,10 +576,3 @@ def _repo_root() -> Path:
     import deployments
 
     return Path(deployments.__file__ or "deployments/__init__.py").resolve().parents[1]
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
