@@ -19,7 +19,7 @@
     │   ├── CodeError               the core script raised: the same input fails again
     │   ├── InfrastructureError     agent lost, process killed, preempted (retryable)
     │   ├── OutOfMemoryError        retryable while the spec has a next queue to escalate to
-    │   └── TaskTimeout             did not finish within the bridge's max wait; stopped
+    │   └── TaskTimeout             ran out of time (`phase`: "queue" or "run"); stopped, not retried
     ├── RunFailed                   a flow run ended failing (`fail_on`), after its report was published
     ├── RegistryError               a baselines-registry operation that cannot be done
     │   ├── ReportNotFound, PromotionRefused
@@ -37,7 +37,7 @@ one raised inside a validator into a validation error naming the field.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from automation.clearml.failures import FailureKind
 
@@ -193,10 +193,21 @@ class OutOfMemoryError(TaskFailed):
         self.retryable = next_queue is not None
 
 
+TimeoutPhase = Literal["queue", "run"]
+
+
 class TaskTimeout(TaskFailed):
-    """The task did not finish within the bridge's max wait; it was stopped."""
+    """The task ran out of time and was stopped (dequeued while still queued). `phase` is where it
+    was: "queue" (no agent picked it up within `max_queue_s`, or `max_wait_s` ran out first),
+    "run" (an agent ran it longer than `max_run_s` or `max_wait_s`), None when its status was
+    never seen. Not retried: the same step would wait or run as long again."""
 
     failure = FailureKind.INFRASTRUCTURE
+    retryable = False
+
+    def __init__(self, *args: Any, phase: TimeoutPhase | None = None, **kwargs: Any) -> None:
+        self.phase = phase
+        super().__init__(*args, **kwargs)
 
 
 TASK_ERRORS: dict[FailureKind, type[TaskFailed]] = {

@@ -18,6 +18,13 @@
   STOPS that task, on purpose: the GPU job must not outlive its orchestrators, and the other run
   sees `stopped` (an infrastructure failure) and retries, creating a new task.
 - Awaited through one shared poller (one `tasks.get_all` per tick for all tasks in the process).
+- Time limits, each off by default: `max_queue_s` (longest in the ClearML queue before an agent
+  picks the task up), `max_run_s` (longest on the agent once it started it), `max_wait_s` (the
+  whole wait). Phases are timed from when the poller's status callback sees them begin (from the
+  server's `started` / `status_changed` when the first record seen is already in that phase, as
+  when attaching), so the limits cost no API call. Past a limit the task is dequeued or stopped
+  (the agent kills it, freeing its GPU) and `TaskTimeout` (its `phase`: "queue" or "run") is
+  raised, unretried: a step that hung for hours would hang again.
 - Cancellation, timeouts and SIGTERM reach the coroutine as a cancellation: the ClearML task is
   dequeued or stopped before the error propagates. Flow hooks (`stop_flow_run_tasks`) sweep any
   task of the flow run still active, as a safety net.
@@ -65,16 +72,18 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
 from automation.clearml.client import FLOW_RUN_TAG, QUEUE_TAG, TASK_RUN_TAG, ClearMLBackend, tag_value
-from automation.clearml.failures import FailureKind, classify, install_error
+from automation.clearml.failures import FailureKind, classify, environment_error, install_error
 from automation.clearml.records import TaskRecord, TaskStatus
 from automation.errors import (
     TASK_ERRORS,
     AutomationError,
     BackendError,
+    FlowInputError,
     OutOfMemoryError,
     SpecError,
     TaskFailed,
     TaskTimeout,
+    TimeoutPhase,
 )
 from automation.results import TaskResult
 from automation.specs.base import TaskSpec, build
@@ -253,13 +262,98 @@ async def _fail(client: ClearMLBackend, spec: TaskSpec, task_id: str, record: Ta
     kind = classify(status, record.status_message, record.status_reason, tail)
     message = record.status_message or record.status_reason
     pip_error = install_error(tail)
+    env_error = environment_error(tail)
     if pip_error:  # the agent's own status only says it changed the task; this says why
         message = f"the agent could not install the task's requirements: {pip_error}"
+    elif env_error:  # the agent overwrites the script's status message when it exits
+        message = env_error
     if kind is FailureKind.OUT_OF_MEMORY:
         plan = _queue_plan(spec)
         nxt = plan[plan.index(queue) + 1] if queue in plan and plan.index(queue) + 1 < len(plan) else None
         return OutOfMemoryError(task_id, url, status, message, tail, queue=queue, next_queue=nxt)
     return TASK_ERRORS[kind](task_id, url, status, message, tail, queue=queue)
+
+
+def _check_limits(**limits: float | None) -> None:
+    for name, value in limits.items():
+        if value is not None and not value > 0:  # `not >` also refuses NaN
+            raise FlowInputError(f"{name}: must be a positive number of seconds, got {value!r} (None: no limit)")
+
+
+_PHASES: dict[TaskStatus, TimeoutPhase] = {TaskStatus.QUEUED: "queue", TaskStatus.IN_PROGRESS: "run"}
+
+
+class _StepLimits:
+    """The deadline of one wait, in loop time: the earliest of `max_wait_s` from the start of the
+    wait and the current phase's limit (`max_queue_s` while queued, `max_run_s` while running) from
+    when the task entered that phase. Phases come from the poller's status callbacks (its thread),
+    so no API call is added. The first record seen may be of a task that was queued or running
+    before this wait (an attach): its phase is then timed from the server's timestamp."""
+
+    def __init__(self, max_wait_s: float | None, max_queue_s: float | None, max_run_s: float | None) -> None:
+        self._max_wait_s = max_wait_s
+        self._limits: dict[TimeoutPhase, float | None] = {"queue": max_queue_s, "run": max_run_s}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scope: asyncio.Timeout | None = None
+        self._wait_end: float | None = None
+        self._phase_end: float | None = None
+        self._seen = False
+        self.phase: TimeoutPhase | None = None  # where the task is, as last seen
+        self.due = "max_wait_s"  # the limit the current deadline comes from
+
+    @contextlib.asynccontextmanager
+    async def applied(self) -> AsyncIterator[None]:
+        """The wait's scope: TimeoutError when the deadline passes."""
+        self._loop = asyncio.get_running_loop()
+        self._wait_end = None if self._max_wait_s is None else self._loop.time() + self._max_wait_s
+        async with asyncio.timeout(self._wait_end) as scope:
+            self._scope = scope
+            try:
+                yield
+            finally:
+                self._scope = None
+
+    def observe(self, record: TaskRecord) -> None:
+        """The poller's callback (its thread): hand the record to the waiting loop."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # a late record after the loop closed: the wait is over
+                self._loop.call_soon_threadsafe(self._enter, record)
+
+    def _enter(self, record: TaskRecord) -> None:
+        scope = self._scope
+        if scope is None or scope.expired():
+            return  # the wait is over: a late record must not move a deadline that already fired
+        first, self._seen = not self._seen, True
+        phase = _PHASES.get(record.status)
+        if phase == self.phase:
+            return
+        self.phase = phase
+        limit = self._limits[phase] if phase else None
+        self._phase_end = None
+        if limit is not None and self._loop is not None:
+            since = self._loop.time()
+            stamp = (record.started if phase == "run" else record.status_changed) if first else None
+            if stamp is not None:
+                since -= max(0.0, (datetime.now(UTC) - stamp).total_seconds())
+            self._phase_end = since + limit
+        ends = [(when, name) for when, name in ((self._wait_end, "max_wait_s"),
+                                                (self._phase_end, f"max_{phase}_s")) if when is not None]
+        when, self.due = min(ends) if ends else (None, "max_wait_s")
+        scope.reschedule(when)
+
+    def explain(self, queue: str) -> tuple[str, str]:
+        """(stop reason, error message) for the limit that ran out."""
+        if self.due == "max_queue_s":
+            limit = f"{self._limits['queue']:g} s"
+            return (f"waited more than {limit} in queue '{queue}' (max_queue_s)",
+                    f"waited more than {limit} in queue '{queue}' without an agent picking it up, so it "
+                    f"was dequeued: add agents serving '{queue}' or raise max_queue_s")
+        if self.due == "max_run_s":
+            limit = f"{self._limits['run']:g} s"
+            return (f"ran more than {limit} (max_run_s)",
+                    f"ran more than {limit} on the agent, so it was stopped (its GPU freed): "
+                    f"raise max_run_s if the step needs longer")
+        return f"max wait of {self._max_wait_s} s exceeded", f"did not finish within {self._max_wait_s} s"
 
 
 def _validated(spec: TaskSpec) -> TaskSpec:
@@ -284,14 +378,18 @@ async def run_task(
     max_age_s: float | None = None,
     max_wait_s: float | None = None,
     input_model_id: str | None = None,
+    max_queue_s: float | None = None,
+    max_run_s: float | None = None,
 ) -> TaskResult:
     """Run `spec` as a ClearML task (or reuse/attach to one with the same identity) and await it.
 
     Retries (3 by default; `run_task.with_options(retries=N)` for longer escalation lists) apply
     to infrastructure failures and to out-of-memory failures while the spec has a next queue.
+    `max_queue_s` / `max_run_s` / `max_wait_s` bound the time queued / running / in all (seconds,
+    None: no limit); past one the task is stopped and `TaskTimeout` raised, not retried.
     """
     return await execute(spec, refresh=refresh, max_age_s=max_age_s, max_wait_s=max_wait_s,
-                         input_model_id=input_model_id)
+                         input_model_id=input_model_id, max_queue_s=max_queue_s, max_run_s=max_run_s)
 
 
 async def execute(
@@ -300,9 +398,12 @@ async def execute(
     max_age_s: float | None = None,
     max_wait_s: float | None = None,
     input_model_id: str | None = None,
+    max_queue_s: float | None = None,
+    max_run_s: float | None = None,
 ) -> TaskResult:
     """The body of `run_task`, callable without Prefect (benchmarks, scripts)."""
     log = _logger()
+    _check_limits(max_wait_s=max_wait_s, max_queue_s=max_queue_s, max_run_s=max_run_s)
     spec = _validated(spec)  # an invalid spec fails before any call to the server
     client = backend()
     identity = spec.identity()
@@ -329,20 +430,21 @@ async def execute(
                      f" ({record.status_message})" if record.status_message else "")
             emit_task_event(record, task_id=task_id, kind=spec.kind, identity=identity, queue=queue, web_url=url)
 
+        limits = _StepLimits(max_wait_s, max_queue_s, max_run_s)
+
         def on_change(record: TaskRecord) -> None:
             context.run(log_change, record)
+            limits.observe(record)
 
         try:
             await _link_artifact(client, task_id, spec)
-            waiting = shared_poller().wait(task_id, on_change, spec.expected_duration_s())
-            if max_wait_s is not None:
-                record = await asyncio.wait_for(waiting, timeout=max_wait_s)
-            else:
-                record = await waiting
+            async with limits.applied():
+                record = await shared_poller().wait(task_id, on_change, spec.expected_duration_s())
         except TimeoutError:
-            await _stop_quietly(client, task_id, f"max wait of {max_wait_s} s exceeded")
-            raise TaskTimeout(task_id, url, "stopped", f"did not finish within {max_wait_s} s",
-                              await client.log_tail(task_id), queue=queue) from None
+            reason, message = limits.explain(queue)
+            await _stop_quietly(client, task_id, reason)
+            raise TaskTimeout(task_id, url, "stopped", message, await client.log_tail(task_id),
+                              queue=queue, phase=limits.phase) from None
         except BaseException:
             # Cancelled (UI/CLI cancel, task timeout, SIGTERM) or crashed: the GPU job must not outlive us.
             await _stop_quietly(client, task_id, "Prefect run cancelled or failed")

@@ -28,6 +28,7 @@ from automation.regression.plan import (
     CompressionOptions,
     EvaluationOptions,
     Plan,
+    StepLimits,
     StepQueues,
     plan_matrix,
 )
@@ -49,13 +50,15 @@ def model_ref(field: str, text: str) -> ModelRef:
 
 def gate_settings(threshold: float, metric_thresholds: dict[str, float], suite_thresholds: dict[str, float],
                   confidence: float, gated_metrics: list[str],
-                  performance_rules: list[PerformanceRule] | None,
+                  performance_rules: list[PerformanceRule] | None, baseline_threshold: float = 0.98,
                   ) -> tuple[AccuracyGateSettings, PerformanceGateSettings]:
     try:
         accuracy = AccuracyGateSettings(threshold=threshold, per_metric=metric_thresholds, per_suite=suite_thresholds,
-                                        confidence=confidence, metrics=tuple(gated_metrics))
+                                        confidence=confidence, metrics=tuple(gated_metrics),
+                                        baseline_threshold=baseline_threshold)
     except ValueError as exc:
-        raise FlowInputError(f"threshold / metric_thresholds: {exc}".replace("\n", " ")) from None
+        raise FlowInputError(f"threshold / metric_thresholds / baseline_threshold: {exc}".replace("\n", " ")) \
+            from None
     performance = PerformanceGateSettings(rules=tuple(performance_rules)) if performance_rules \
         else PerformanceGateSettings()
     return accuracy, performance
@@ -74,8 +77,10 @@ async def compress_evaluate_benchmark(
     evaluation: EvaluationOptions = EvaluationOptions(),
     benchmarking: BenchmarkOptions = BenchmarkOptions(),
     step_queues: StepQueues = StepQueues(),
+    step_limits: StepLimits = StepLimits(),
     queue_escalation: list[str] = [],
     confidence: float = 0.95,
+    baseline_threshold: float = 0.98,
     gated_metrics: list[str] = [],
     performance_rules: list[PerformanceRule] | None = None,
     hooks: list[str] = [],
@@ -102,8 +107,10 @@ async def compress_evaluate_benchmark(
         evaluation: lm-eval options (limit, batch size, few-shot)
         benchmarking: inference server options
         step_queues: a queue per step (compress / evaluate / benchmark); empty = `queue`
+        step_limits: longest queue wait and run per step in seconds; empty = the kind's default
         queue_escalation: queues to retry on after an out-of-memory failure, in order
         confidence: confidence of the noise interval of the recovery gates
+        baseline_threshold: minimum ratio of a value to the same cell's accepted run (compare_history)
         gated_metrics: metrics that gate (fnmatch patterns); empty = every metric both runs report
         performance_rules: performance gate rules; empty = the defaults (throughput, median TTFT/ITL gate)
         hooks: submit hooks by name, e.g. hf_token, server_arg:--max-model-len=4096
@@ -143,17 +150,18 @@ def prepare(model: str, schemes: list[str], suite: str = "openllm", profile: str
             benchmarking: BenchmarkOptions | None = None, step_queues: StepQueues | None = None,
             queue_escalation: list[str] | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
-            project: str | None = None, code: str | None = None, **_: Any) -> Prepared:
+            project: str | None = None, code: str | None = None, baseline_threshold: float = 0.98,
+            step_limits: StepLimits | None = None, **_: Any) -> Prepared:
     """The flow's validation and planning, callable on its own (the CLI checks input this way
     before a flow run exists, so bad input never shows up as a failed run)."""
     ref = model_ref("model", model)
     accuracy, performance = gate_settings(threshold, metric_thresholds or {}, {}, confidence, gated_metrics or [],
-                                          performance_rules)
+                                          performance_rules, baseline_threshold)
     project = project or settings().project
     plan = plan_matrix([(ref, queue, tuple(queue_escalation or ()))], schemes, [suite], profile,
                        compression or CompressionOptions(), evaluation or EvaluationOptions(),
                        benchmarking or BenchmarkOptions(), step_queues or StepQueues(), project, hooks or [],
-                       code=resolve_code(code))
+                       code=resolve_code(code), limits=step_limits)
     return Prepared(plan, accuracy, performance, project, f"{ref.short_name()}: {', '.join(schemes)}")
 
 

@@ -106,20 +106,24 @@ def _fmt(value: float | None) -> str:
 
 def failing_cell(cell: ReportCell) -> dict[str, Any]:
     """One regressed cell: its failing accuracy gates (recovery < threshold) and performance gates."""
-    acc = [d for d in cell.accuracy_gates if d.outcome == "fail"][:MAX_METRICS]
+    acc = [(d, "base") for d in cell.accuracy_gates if d.outcome == "fail"]
     perf = [(d, "base") for d in cell.performance_gates if d.outcome == "fail" and d.gating]
-    perf += [(d, "accepted") for d in cell.accepted_gates if d.outcome == "fail" and d.gating]
+    if not cell.stack_changed:  # then the accepted comparisons are shown, not blamed on the compression
+        acc += [(d, "accepted") for d in cell.accepted_accuracy_gates if d.outcome == "fail"]
+        perf += [(d, "accepted") for d in cell.accepted_gates if d.outcome == "fail" and d.gating]
+    acc = acc[:MAX_METRICS]
     perf = perf[:MAX_METRICS]
     accuracy = [{"metric": d.metric, "recovery": _round(d.recovery), "threshold": d.threshold,
-                 "low": _round(d.low), "high": _round(d.high)} for d in acc]
+                 "low": _round(d.low), "high": _round(d.high), "reference": ref} for d, ref in acc]
     performance = [{"metric": d.metric, "change": _round(d.change), "tolerance": d.tolerance, "reference": ref}
                    for d, ref in perf]
-    parts = [f"{d.metric} recovery {_fmt(d.recovery)} < {d.threshold:g}" for d in acc]
+    parts = [f"{d.metric} recovery {_fmt(d.recovery)} < {d.threshold:g} vs {ref}" for d, ref in acc]
     parts += [f"{d.metric} {d.change * 100:+.1f}% vs {ref} (tolerance {d.tolerance * 100:.0f}%)"
               if d.change is not None else f"{d.metric} worse than {ref}" for d, ref in perf]
     summary = f"{cell.model} {cell.scheme} ({cell.suite}/{cell.profile}): " + ("; ".join(parts) or "gates failed")
     return {"model": cell.model, "scheme": cell.scheme, "suite": cell.suite, "profile": cell.profile,
-            "accuracy": accuracy, "performance": performance, "summary": summary}
+            "accuracy": accuracy, "performance": performance, "summary": summary,
+            "changed": (cell.changes_vs_accepted or cell.changes_vs_previous)[:MAX_METRICS]}
 
 
 def report_url(report: Report) -> str | None:

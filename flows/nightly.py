@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from automation.errors import FlowInputError
 from automation.regression.gates import PerformanceRule
-from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepLimits, StepQueues
 from automation.regression.report_model import Report
 from automation.regression.settings import SizeRule, settings
 from flows.bridge import BRIDGE_FLOW_HOOKS, ensure_queue_limits
@@ -36,12 +36,14 @@ async def nightly_regression(
     metric_thresholds: dict[str, float] = {},
     suite_thresholds: dict[str, float] = {},
     confidence: float = 0.95,
+    baseline_threshold: float = 0.98,
     gated_metrics: list[str] = [],
     performance_rules: list[PerformanceRule] | None = None,
     compression: CompressionOptions = CompressionOptions(),
     evaluation: EvaluationOptions = EvaluationOptions(),
     benchmarking: BenchmarkOptions = BenchmarkOptions(),
     step_queues: StepQueues = StepQueues(),
+    step_limits: StepLimits = StepLimits(),
     size_rules: list[SizeRule] = [],
     queue_caps: dict[str, int] = {},
     hooks: list[str] = [],
@@ -64,12 +66,14 @@ async def nightly_regression(
         metric_thresholds: threshold per metric name (fnmatch patterns allowed)
         suite_thresholds: threshold per suite
         confidence: confidence of the noise interval of the recovery gates
+        baseline_threshold: minimum ratio of a value to the same cell's accepted run (compare_history)
         gated_metrics: metrics that gate (fnmatch patterns); empty = all
         performance_rules: performance gate rules; empty = the defaults
         compression: calibration data and recipe arguments
         evaluation: lm-eval options
         benchmarking: inference server options
         step_queues: a fixed queue per step instead of the size rule
+        step_limits: longest queue wait and run per step in seconds; empty = the kind's default
         size_rules: queue by model size (billions of parameters); empty = settings AUTOMATION_SIZE_RULES
         queue_caps: most concurrent ClearML tasks per queue (Prefect global concurrency limits)
         hooks: submit hooks by name

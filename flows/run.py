@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
+import json
 import logging
 import os
 from datetime import UTC, datetime
@@ -19,17 +20,27 @@ from typing import Any, Literal, TypeVar
 
 from prefect import get_run_logger
 
-from automation.errors import ApiCallError, FlowInputError, HookError, QueueNotFound, RunFailed, SpecError, TaskFailed
+from automation.errors import (
+    ApiCallError,
+    AutomationError,
+    FlowInputError,
+    HookError,
+    QueueNotFound,
+    RunFailed,
+    SpecError,
+    TaskFailed,
+    TaskTimeout,
+)
 from automation.regression import baselines
-from automation.regression.cells import CellRun, Outcome, join_cells
+from automation.regression.cells import CellRun, Outcome, decide, join_cells
 from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings
 from automation.regression.gates import Outcome as GateOutcome
 from automation.regression.hooks import apply_hooks
-from automation.regression.plan import ModelPlan, Plan, Step, scheme_label
+from automation.regression.plan import ModelPlan, Plan, Step, StepLimits, scheme_label, with_model
 from automation.regression.report.clearml import publish_clearml
 from automation.regression.report.markdown import render_markdown
-from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure
-from automation.results import TaskResult
+from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, TrendPoint
+from automation.results import SAMPLES_ARTIFACT, DocumentScores, TaskResult
 from automation.specs.base import CodeRef, TaskSpec
 from automation.specs.model_ref import ModelRef
 from automation.specs.registry import all_base_packages
@@ -42,8 +53,9 @@ S = TypeVar("S", bound=TaskSpec)
 
 
 async def finalize(plan: Plan) -> Plan:
-    """The plan as it will run: every queue exists, every input model can be found, and every spec
-    has its submit hooks applied (once: hooks may look things up, e.g. a Secret block)."""
+    """The plan as it will run: every queue exists, every input model can be found (a hub model
+    pinned to its commit), and every spec has its submit hooks applied (once: hooks may look
+    things up, e.g. a Secret block)."""
     client = backend()
     for queue in sorted(plan.queues):
         try:
@@ -52,12 +64,17 @@ async def finalize(plan: Plan) -> Plan:
             raise FlowInputError(f"queue: {exc}") from None
     models = []
     for mp in plan.models:
-        await check_model_available(mp.model)
+        # The cell keeps the model as given (its key across nights); the specs get the pinned one.
+        pinned = await check_model_available(mp.model)
+
+        async def final(spec: S, pinned: ModelRef = pinned, given: ModelRef = mp.model) -> S:
+            return await _hooked(with_model(spec, pinned) if pinned != given else spec, plan.hooks)
+
         models.append(dataclasses.replace(
             mp,
-            base_evals={s: await _hooked(spec, plan.hooks) for s, spec in mp.base_evals.items()},
-            base_bench=await _hooked(mp.base_bench, plan.hooks),
-            compress={s: await _hooked(spec, plan.hooks) for s, spec in mp.compress.items()},
+            base_evals={s: await final(spec) for s, spec in mp.base_evals.items()},
+            base_bench=await final(mp.base_bench),
+            compress={s: await final(spec) for s, spec in mp.compress.items()},
         ))
     return dataclasses.replace(plan, models=models)
 
@@ -69,42 +86,56 @@ async def _hooked(spec: S, hooks: list[str]) -> S:
         raise FlowInputError(f"hooks: {exc}".replace("hooks: hooks: ", "hooks: ")) from None
 
 
-async def check_model_available(model: ModelRef) -> None:
-    """A model that cannot be found fails here, not on a GPU an hour later. Hub models are looked
-    up in the local cache, else on the hub (a network failure only warns: GPU hosts may reach it)."""
+async def check_model_available(model: ModelRef) -> ModelRef:
+    """A model that cannot be found fails here, not on a GPU an hour later; a hub model comes back
+    pinned to the commit its revision names now (the hub's answer, else the local cache's), so
+    the identity covers the weights that run and an upstream push recomputes. A network failure
+    only warns (GPU hosts may reach the hub): the model then runs unpinned, as given."""
     if model.source == "clearml":
         try:
             await backend().get_model(model.id)
         except ApiCallError as exc:
             raise FlowInputError(f"model: ClearML model {model.id} not found ({exc})") from None
-        return
-    if model.source != "hf" or model.config() is not None:
-        return
+        return model
+    if model.source != "hf" or model.pinned:
+        return model
+    cached = model.cached_commit()
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise FlowInputError(f"model: {model} is not in the local hub cache and HF_HUB_OFFLINE is set")
+        if cached is None:
+            raise FlowInputError(f"model: {model} is not in the local hub cache and HF_HUB_OFFLINE is set")
+        return model.at_revision(cached)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        await asyncio.to_thread(HfApi().model_info, model.id, revision=model.revision, timeout=15)
+        info = await asyncio.to_thread(HfApi().model_info, model.id, revision=model.revision, timeout=15)
     except GatedRepoError:
-        return  # exists; access is the agent's business (see the hf_token hook)
+        return model.at_revision(cached) if cached else model  # exists; access is the agent's (hf_token hook)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise FlowInputError(f"model: {model} not found on the Hugging Face hub ({type(exc).__name__})") from None
     except Exception as exc:  # offline orchestrator host: the GPU host may still reach the hub
-        log.warning("could not check %s on the hub: %s", model, exc)
+        if cached:
+            log.warning("could not check %s on the hub (%s): pinned to the cached commit %s", model, exc, cached)
+            return model.at_revision(cached)
+        log.warning("could not check %s on the hub: %s (it runs unpinned)", model, exc)
+        return model
+    return model.at_revision(info.sha) if info.sha else model
 
 
-async def _step(step: Step, spec: TaskSpec, refresh: bool, label: str) -> Outcome:
+async def _step(step: Step, spec: TaskSpec, refresh: bool, label: str, limits: StepLimits) -> Outcome:
+    max_queue_s, max_run_s = limits.for_spec(spec)
     try:
         runner: Any = run_task.with_options(task_run_name=label)
-        result: TaskResult = await runner(spec, refresh=refresh)
-        return Outcome(result=result)
+        result: TaskResult = await runner(spec, refresh=refresh, max_queue_s=max_queue_s, max_run_s=max_run_s)
+        return Outcome(result=result, spec=spec)
+    except TaskTimeout as exc:
+        return Outcome(failure=StepFailure(step=step, error=str(exc).splitlines()[0][:500], task_id=exc.task_id,
+                                           web_url=exc.url, timeout=exc.phase or "run"), spec=spec)
     except TaskFailed as exc:
         return Outcome(failure=StepFailure(step=step, error=str(exc).splitlines()[0][:500], task_id=exc.task_id,
-                                           web_url=exc.url))
+                                           web_url=exc.url), spec=spec)
     except Exception as exc:
-        return Outcome(failure=StepFailure(step=step, error=f"{type(exc).__name__}: {exc}"[:500]))
+        return Outcome(failure=StepFailure(step=step, error=f"{type(exc).__name__}: {exc}"[:500]), spec=spec)
 
 
 async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
@@ -115,24 +146,24 @@ async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
         name = mp.model.short_name()
 
         async def base() -> list[CellRun]:
-            evals = [_step("evaluate", mp.base_evals[s], refresh, f"evaluate-{name}-base-{s}")
+            evals = [_step("evaluate", mp.base_evals[s], refresh, f"evaluate-{name}-base-{s}", plan.limits)
                      for s in plan.suites]
-            bench = _step("benchmark", mp.base_bench, refresh, f"benchmark-{name}-base")
+            bench = _step("benchmark", mp.base_bench, refresh, f"benchmark-{name}-base", plan.limits)
             *ev, bn = await asyncio.gather(*evals, bench)
             return [CellRun(mp.model, BASE_SCHEME, s, mp.queue, None, e, bn) for s, e in zip(plan.suites, ev,
                                                                                                  strict=True)]
 
         async def scheme(s: str) -> list[CellRun]:
             label = scheme_label(s)
-            comp = await _step("compress", mp.compress[s], refresh, f"compress-{name}-{label}")
+            comp = await _step("compress", mp.compress[s], refresh, f"compress-{name}-{label}", plan.limits)
             if comp.result is None:
                 skipped = Outcome(failure=StepFailure(step="evaluate", error="not run: compression failed"))
                 skipped_b = Outcome(failure=StepFailure(step="benchmark", error="not run: compression failed"))
                 return [CellRun(mp.model, label, suite, mp.queue, comp, skipped, skipped_b) for suite in plan.suites]
             out_model = ModelRef.from_result(comp.result)
             evals = [_step("evaluate", mp.evaluate_for(out_model, suite), refresh,
-                           f"evaluate-{name}-{label}-{suite}") for suite in plan.suites]
-            bench = _step("benchmark", mp.bench_for(out_model), refresh, f"benchmark-{name}-{label}")
+                           f"evaluate-{name}-{label}-{suite}", plan.limits) for suite in plan.suites]
+            bench = _step("benchmark", mp.bench_for(out_model), refresh, f"benchmark-{name}-{label}", plan.limits)
             *ev, bn = await asyncio.gather(*evals, bench)
             return [CellRun(mp.model, label, suite, mp.queue, comp, e, bn) for suite, e in zip(plan.suites, ev,
                                                                                             strict=True)]
@@ -144,20 +175,48 @@ async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
     return [cell for cells in per_model for cell in cells]
 
 
+SAMPLES_MAX_BYTES = 256 * 1024 * 1024
+
+
+async def document_scores(runs: list[CellRun]) -> dict[str, DocumentScores]:
+    """The per-document scores of every evaluation of the run (by task id), for the paired gates.
+    An evaluation without them (a task from before they were logged) or one that cannot be read
+    is left out: its cell is gated on the aggregate values, with a warning."""
+    client = backend()
+    results = {r.evaluate.result.task_id: r.evaluate.result for r in runs if r.evaluate.result}
+
+    async def one(result: TaskResult) -> DocumentScores | None:
+        url = result.artifacts.get(SAMPLES_ARTIFACT)
+        if not url:
+            return None
+        try:
+            data = json.loads(await client.download(url, SAMPLES_MAX_BYTES))
+        except (AutomationError, ValueError) as exc:
+            get_run_logger().warning("per-document scores of ClearML task %s unreadable (%s): its gates use the "
+                                     "aggregate values", result.task_id, exc)
+            return None
+        return DocumentScores.from_artifact(data)
+
+    found = await asyncio.gather(*(one(r) for r in results.values()))
+    return {task_id: scores for task_id, scores in zip(results, found, strict=True) if scores is not None}
+
+
 async def run_and_join(plan: Plan, accuracy: AccuracyGateSettings, performance: PerformanceGateSettings,
                        refresh: bool) -> list[ReportCell]:
     plan = await finalize(plan)  # queues, models, hooks: before anything is queued
     runs = await run_plan(plan, refresh=refresh)
-    return join_cells(runs, plan.profile, accuracy, performance)
+    return join_cells(runs, plan.profile, accuracy, performance, await document_scores(runs))
 
 
-def report_outcome(cells: list[ReportCell]) -> GateOutcome | Literal["error"]:
+def report_outcome(cells: list[ReportCell], history_error: str | None = None) -> GateOutcome | Literal["error"]:
+    """The worst cell outcome; a run whose accepted baselines could not be read is at best
+    inconclusive (its baseline gates did not run: it must not read as a pass)."""
     outcomes = {c.outcome for c in cells}
     if "error" in outcomes:
         return "error"
     if "fail" in outcomes:
         return "fail"
-    if "inconclusive" in outcomes:
+    if "inconclusive" in outcomes or history_error:
         return "inconclusive"
     return "pass"
 
@@ -205,19 +264,27 @@ async def finish_run(
     runtime = _runtime()
     series = series or runtime["deployment"] or flow_name
     client = backend()
+    now = datetime.now(UTC)
+    trends: dict[str, list[TrendPoint]] = {}
+    history_error: str | None = None
     if compare_history:
         try:
             accepted = await baselines.accepted_for(client, [c.key for c in cells])
-            previous = await baselines.previous_in_series(client, series, datetime.now(UTC))
-            cells = baselines.apply_history(cells, accepted, previous, performance)
-        except Exception as exc:  # history is context; the run's own gates stand without it
+            history = await baselines.series_history(client, series, now)
+            cells = baselines.apply_history(cells, accepted, history[-1] if history else None, performance, accuracy)
+        except Exception as exc:  # a registry that cannot be read must not lose the run's own gates
             log.warning("could not compare with the baseline registry / previous run: %s", exc)
+            history, history_error = [], f"{type(exc).__name__}: {exc}"[:300]
+    cells, stack_changes = decide(cells)
+    if compare_history:
+        trends = baselines.trend_series(history, cells, now)
     report = Report(
-        title=title, series=series, created=datetime.now(UTC), flow_run_id=runtime["flow_run_id"],
-        flow_run_url=runtime["flow_run_url"], cells=cells, outcome=report_outcome(cells),
+        title=title, series=series, created=now, flow_run_id=runtime["flow_run_id"],
+        flow_run_url=runtime["flow_run_url"], cells=cells, outcome=report_outcome(cells, history_error),
         settings={"accuracy": accuracy.model_dump(mode="json"), "performance": performance.model_dump(mode="json"),
                   "parameters": parameters},
-        provenance=provenance(queues or {c.queue for c in cells if c.queue}, code),
+        provenance=provenance(queues or {c.queue for c in cells if c.queue}, code), stack_changes=stack_changes,
+        trend_series=trends, history_error=history_error,
     )
     if publish:
         try:

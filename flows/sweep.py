@@ -15,7 +15,14 @@ from prefect import flow, get_run_logger
 from automation.errors import FlowInputError
 from automation.regression.code_pin import resolve_code
 from automation.regression.gates import PerformanceRule
-from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues, plan_matrix
+from automation.regression.plan import (
+    BenchmarkOptions,
+    CompressionOptions,
+    EvaluationOptions,
+    StepLimits,
+    StepQueues,
+    plan_matrix,
+)
 from automation.regression.report_model import Report
 from automation.regression.settings import SizeRule, queue_for, settings
 from automation.specs.model_ref import ModelRef
@@ -39,7 +46,9 @@ async def sweep(
     evaluation: EvaluationOptions = EvaluationOptions(),
     benchmarking: BenchmarkOptions = BenchmarkOptions(),
     step_queues: StepQueues = StepQueues(),
+    step_limits: StepLimits = StepLimits(),
     confidence: float = 0.95,
+    baseline_threshold: float = 0.98,
     gated_metrics: list[str] = [],
     performance_rules: list[PerformanceRule] | None = None,
     hooks: list[str] = [],
@@ -68,7 +77,9 @@ async def sweep(
         evaluation: lm-eval options
         benchmarking: inference server options
         step_queues: a fixed queue per step instead of the size rule
+        step_limits: longest queue wait and run per step in seconds; empty = the kind's default
         confidence: confidence of the noise interval of the recovery gates
+        baseline_threshold: minimum ratio of a value to the same cell's accepted run (compare_history)
         gated_metrics: metrics that gate (fnmatch patterns); empty = all
         performance_rules: performance gate rules; empty = the defaults
         hooks: submit hooks by name
@@ -102,7 +113,8 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
             evaluation: EvaluationOptions | None = None, benchmarking: BenchmarkOptions | None = None,
             step_queues: StepQueues | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
-            project: str | None = None, code: str | None = None, **_: Any) -> tuple[Prepared, dict[str, int]]:
+            project: str | None = None, code: str | None = None, baseline_threshold: float = 0.98,
+            step_limits: StepLimits | None = None, **_: Any) -> tuple[Prepared, dict[str, int]]:
     """Validation and planning of the sweep (see compress_evaluate_benchmark.prepare); also the
     queue caps to set."""
     if not models:
@@ -121,11 +133,12 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
         if cap < 1:
             raise FlowInputError(f"queue_caps[{name}]: {cap} must be >= 1 (leave a queue out for no cap)")
     accuracy, performance = gate_settings(threshold, metric_thresholds or {}, suite_thresholds or {}, confidence,
-                                          gated_metrics or [], performance_rules)
+                                          gated_metrics or [], performance_rules, baseline_threshold)
     project = project or settings().project
     plan = plan_matrix(placed, schemes, suites, profile, compression or CompressionOptions(),
                        evaluation or EvaluationOptions(), benchmarking or BenchmarkOptions(),
-                       step_queues or StepQueues(), project, hooks or [], code=resolve_code(code))
+                       step_queues or StepQueues(), project, hooks or [], code=resolve_code(code),
+                       limits=step_limits)
     title = f"sweep: {len(refs)} model(s) x {', '.join(schemes)}"
     return Prepared(plan, accuracy, performance, project, title), caps
 

@@ -572,6 +572,24 @@ class ClearMLBackend:
             raise BackendError(f"file server {host} refused the upload (HTTP {res.status_code}): {res.text[:300]}")
         return {path: f"{host}/{quote(path)}" for path in files}
 
+    async def download(self, url: str, max_bytes: int) -> bytes:
+        """A file the tasks uploaded (an artifact), at most `max_bytes`: authenticated on the file
+        server this client talks to, anonymous elsewhere (object storage URLs carry their own)."""
+        headers = await self.auth_headers() if url.startswith(self.settings.files_host + "/") else {}
+        self.calls += 1
+        try:
+            async with self._http().stream("GET", url, headers=headers) as res:
+                if res.status_code != 200:
+                    raise BackendError(f"download of {url} failed (HTTP {res.status_code})")
+                data = bytearray()
+                async for chunk in res.aiter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise BackendError(f"download of {url}: larger than {max_bytes} bytes")
+                return bytes(data)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"download of {url}: {type(exc).__name__}: {exc}") from exc
+
     def web_url(self, task_id: str, project_id: str | None = None) -> str:
         return f"{self.settings.web_host}/projects/{project_id or '*'}/experiments/{task_id}/output/log"
 
@@ -595,6 +613,10 @@ class ClearMLBackend:
         artifacts = {str(a["key"]): str(a.get("uri") or "")
                      for a in (task.get("execution") or {}).get("artifacts") or []
                      if a.get("mode", "output") == "output"}
+        # what the core script recorded it ran with (the same read: get_by_id returns hyperparams)
+        properties = (task.get("hyperparams") or {}).get(PROPERTIES_SECTION) or {}
+        environment = {name[len(ENVIRONMENT_PREFIX):]: str((p or {}).get("value") or "")
+                       for name, p in properties.items() if name.startswith(ENVIRONMENT_PREFIX)}
         model_id = model_url = None
         outputs = (task.get("models") or {}).get("output") or []
         if outputs:
@@ -621,10 +643,12 @@ class ClearMLBackend:
             started=parse_timestamp(task.get("started")),
             completed=parse_timestamp(task.get("completed")),
             reused=reused,
+            environment=environment,
         )
 
 
 PROPERTIES_SECTION = "properties"  # the hyperparams section ClearML shows as "User Properties"
+ENVIRONMENT_PREFIX = "env."  # the user properties the core scripts' runtime records the environment in
 
 
 def properties_section(props: Mapping[str, str]) -> dict[str, dict[str, str]]:

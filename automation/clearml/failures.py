@@ -38,6 +38,9 @@ _INSTALL = re.compile(
     r"[^\n]*Could not install task requirements[^\n]*)",
     re.MULTILINE,
 )
+# The core script found the agent's environment contradicting a pin the task declares
+# (automation/scripts/runtime.py, `mismatch_message`): the same task runs on a right environment.
+_ENVIRONMENT = re.compile(r"^environment: \S+ declared but [^\n]*installed[^\n]*", re.MULTILINE)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception): ", re.MULTILINE)
 
 
@@ -57,6 +60,8 @@ def classify(status: str, status_message: str = "", status_reason: str = "",
         return FailureKind.INFRASTRUCTURE
     if _INSTALL.search(text):  # before tracebacks: the agent logs one of its own for this
         return FailureKind.INFRASTRUCTURE
+    if _ENVIRONMENT.search(text):  # the script's own line (status message or log), not its code
+        return FailureKind.INFRASTRUCTURE
     if _TRACEBACK.search(text):
         return FailureKind.CODE
     # Failed without a traceback of its own: the process died (killed, segfault, lost agent).
@@ -68,3 +73,10 @@ def install_error(log_tail: Sequence[str]) -> str | None:
     found = [m.group(1).strip() for m in _INSTALL.finditer("\n".join(log_tail))]
     pip_lines = [f for f in found if f.startswith("ERROR:")]
     return (pip_lines or found or [None])[0]
+
+
+def environment_error(log_tail: Sequence[str]) -> str | None:
+    """The core script's line when the agent's environment contradicted a declared pin, else None
+    (the agent overwrites the status message once the process has exited; the log keeps it)."""
+    found = _ENVIRONMENT.search("\n".join(log_tail))
+    return found.group(0).strip() if found else None

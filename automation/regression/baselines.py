@@ -9,7 +9,7 @@ and which cells live in its user properties (`promoted_by`, `promoted_at`, `prom
 
 API cost: `load_report` 1 call; `find_reports` 1 per page; `promote` 1-2 lookups + 2 writes (user properties, tags);
 `accepted_for` 1 listing (per 500 accepted reports) + 1 read of the chosen reports;
-`previous_in_series` 1-2 listings + 1 read.
+`previous_in_series` 1-2 listings + 1 read; `series_history` 1 listing (report JSON included).
 
 "Newest accepted" means most recently promoted: promoting an older run again is how a team rolls
 a baseline back.
@@ -28,7 +28,12 @@ from automation.clearml.client import FLOW_RUN_TAG, ClearMLBackend, tag_value
 from automation.clearml.client import PROPERTIES_SECTION as PROPERTIES
 from automation.clearml.records import DONE_STATUSES, parse_timestamp
 from automation.errors import PromotionRefused, RegistryError, ReportNotFound
-from automation.regression.gates import PerformanceGateSettings, performance_gates
+from automation.regression.gates import (
+    AccuracyGateSettings,
+    PerformanceGateSettings,
+    accuracy_gates,
+    performance_gates,
+)
 from automation.regression.report.clearml import (
     BASELINE_TAG,
     OUTCOME_TAG,
@@ -37,8 +42,8 @@ from automation.regression.report.clearml import (
     REPORT_TAG,
     SERIES_TAG,
 )
-from automation.regression.report.format import headline_names, relative_change
-from automation.regression.report_model import Report, ReportCell
+from automation.regression.report.format import headline_names, perf_headline_names, recovery_min, relative_change
+from automation.regression.report_model import Report, ReportCell, TrendPoint
 
 REF_FIELDS = ["id", "name", "created", "tags", "project", "status", "hyperparams.properties"]
 FULL_FIELDS = [*REF_FIELDS, f"configuration.{REPORT_CONFIG}", "execution.artifacts"]
@@ -287,7 +292,61 @@ async def previous_in_series(client: ClearMLBackend, series: str, before: str | 
     return None
 
 
+async def series_history(client: ClearMLBackend, series: str, before: datetime, limit: int = 30) -> list[Report]:
+    """The newest `limit` reports of `series` created before `before`, oldest first (1 listing)."""
+    tasks = await _report_tasks(client, [f"{SERIES_TAG}{series}"], FULL_FIELDS, limit=max(limit, 1) + 1)
+    out = []
+    for task in tasks:
+        ref = ref_from_task(task, client)
+        if ref.created is not None and ref.created < before:
+            try:
+                out.append(report_from_task(task, client))
+            except RegistryError:  # an unreadable old report leaves a gap in the trend, nothing more
+                continue
+    return sorted(out, key=lambda r: r.created)[-limit:]
+
+
+def trend_series(history: Sequence[Report], cells: Sequence[ReportCell], now: datetime,
+                 ) -> dict[str, list[TrendPoint]]:
+    """Per cell of this run: recovery (min over gated metrics) and throughput over the series'
+    runs, oldest first, this run last."""
+    def point(cell: ReportCell, created: datetime, report_id: str | None) -> TrendPoint:
+        tps = perf_headline_names(cell.performance)[2]
+        return TrendPoint(created=created, report_id=report_id, recovery=recovery_min(cell),
+                          throughput=cell.performance.get(tps) if tps else None)
+
+    out: dict[str, list[TrendPoint]] = {}
+    for cell in cells:
+        points = [point(c, r.created, r.summary_task_id) for r in history for c in r.cells if c.key == cell.key]
+        out[cell.key] = [*points, point(cell, now, None)]
+    return out
+
+
 # -- history -------------------------------------------------------------------------------------
+# Recorded but not a suspect: which of several agents or queues served a step changes night to night.
+_NOT_SUSPECTS = ("worker", "queue", "agent")
+# Not a suspect on its own (upstream commits that leave a kind's files alone); named with the files.
+_COMMIT_KEY, _FILES_KEY = "code_commit", "code_files"
+
+
+def environment_changes(now: Mapping[str, str], before: Mapping[str, str]) -> list[str]:
+    """"step/key: before -> now" for every environment entry that differs (a suspect list)."""
+    if not now or not before:
+        return [] if not now and not before else ["environment not recorded on one side"]
+    out = []
+    for key in sorted(set(now) | set(before)):
+        step, _, name = key.rpartition("/")
+        if name in _NOT_SUSPECTS or name == _COMMIT_KEY:
+            continue
+        old, new = before.get(key, "(none)"), now.get(key, "(none)")
+        if old != new:
+            commits = (before.get(f"{step}/{_COMMIT_KEY}"), now.get(f"{step}/{_COMMIT_KEY}"))
+            at = f" (commit {(commits[0] or '?')[:12]} -> {(commits[1] or '?')[:12]})" \
+                if name == _FILES_KEY and commits != (None, None) else ""
+            out.append(f"{key}: {old} -> {new}{at}")
+    return out
+
+
 def trend(cell: ReportCell, previous: ReportCell) -> dict[str, float]:
     """Relative change of each headline value vs the same cell of the previous run."""
     out: dict[str, float] = {}
@@ -305,18 +364,30 @@ def _value(cell: ReportCell, name: str) -> float | None:
 
 
 def apply_history(cells: Sequence[ReportCell], accepted: Mapping[str, tuple[str, ReportCell]],
-                  previous: Report | None, settings: PerformanceGateSettings | None = None) -> list[ReportCell]:
-    """Cells with `accepted_gates` (performance vs the accepted run of the same cell) and `trend`
-    (vs the previous run of the series) filled in; outcomes are left to the caller."""
+                  previous: Report | None, settings: PerformanceGateSettings | None = None,
+                  accuracy: AccuracyGateSettings | None = None) -> list[ReportCell]:
+    """Cells with `accepted_gates` / `accepted_accuracy_gates` (performance with the rules'
+    tolerances, accuracy with the baseline threshold, vs the accepted run of the same cell) and
+    `trend` (vs the previous run of the series) filled in; outcomes are decided by
+    `cells.decide`."""
     before = {c.key: c for c in previous.cells} if previous else {}
+    versus = (accuracy or AccuracyGateSettings()).versus_accepted()
     out = []
     for cell in cells:
         update: dict[str, Any] = {}
         hit = accepted.get(cell.key)
-        if hit is not None and cell.performance and hit[1].performance:
-            update["accepted_gates"] = performance_gates(hit[1].performance, cell.performance, settings)
+        if hit is not None and cell.outcome != "error":
             update["accepted_from"] = hit[0]
+            if cell.performance and hit[1].performance:
+                update["accepted_gates"] = performance_gates(hit[1].performance, cell.performance, settings)
+            if cell.accuracy and hit[1].accuracy:
+                update["accepted_accuracy_gates"] = accuracy_gates(hit[1].accuracy, cell.accuracy, versus,
+                                                                   suite=cell.suite)
+        if hit is not None:
+            update["changes_vs_accepted"] = environment_changes(cell.environment, hit[1].environment)
         prev = before.get(cell.key)
+        if prev is not None:
+            update["changes_vs_previous"] = environment_changes(cell.environment, prev.environment)
         if prev is not None and previous is not None:
             update["trend"] = trend(cell, prev)
             update["trend_from"] = previous.summary_task_id

@@ -9,14 +9,25 @@
                  when it is clean and on a branch of its `origin`, which agents can clone
 
 Anything else is one error naming `code` and the fix, before anything is queued.
+
+Which steps a code change recomputes: `source_digest` hashes the files a kind's core script
+imports of this product (its module, and every `automation.*` module it imports, transitively,
+lazy imports included), read at the pinned commit or from the working tree. A spec carrying it
+(`CodeRef.source_digest`) is identified by that content instead of the commit, so a commit that
+changes only the compress core script recomputes compressions (and the evaluations of their new
+models), not the base model's evaluation. Where the files cannot be read (a remote repository
+this host has not fetched), no digest is set and the commit itself is in the identity: every
+step recomputes, the safe direction.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from automation.errors import FlowInputError
@@ -97,3 +108,134 @@ def _git(*args: str, what: str, cwd: Path | None = None, missing_ok: bool = Fals
         detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
         raise FlowInputError(f"{what} ({detail})")
     return res.stdout.strip()
+
+
+# -- what a kind's core script is made of ----------------------------------------------------------
+PACKAGE = "automation"
+Reader = Callable[[str], bytes | None]  # repository-relative path -> content, None when absent
+
+
+def _candidates(module: str) -> list[str]:
+    base = module.replace(".", "/")
+    return [f"{base}.py", f"{base}/__init__.py"]
+
+
+def _imported(module: str, path: str, tree: ast.AST) -> set[str]:
+    """The `automation.*` modules a file imports (lazy ones too; `from x import y` may name a
+    module y of package x: both are kept, the ones that do not exist drop out later)."""
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[:len(parts) - node.level + 1])
+                source = f"{anchor}.{node.module}" if node.module else anchor
+            else:
+                source = node.module or ""
+            found.add(source)
+            found |= {f"{source}.{alias.name}" for alias in node.names}
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def source_files(module: str, read: Reader) -> dict[str, bytes]:
+    """Every file of this product that importing `module` runs: the module, its parent
+    packages' `__init__.py`, and what they import of the product, transitively."""
+    files: dict[str, bytes] = {}
+    pending, seen = [module], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        for path in _candidates(name):
+            data = read(path)
+            if data is None:
+                continue
+            files[path] = data
+            try:
+                tree = ast.parse(data)
+            except SyntaxError:
+                break  # still hashed: a broken file is a change too
+            pending += sorted(_imported(name, path, tree) - seen)
+            break
+    return files
+
+
+def digest_files(files: Mapping[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+    return h.hexdigest()[:32]
+
+
+def worktree_reader(root: Path) -> Reader:
+    def read(path: str) -> bytes | None:
+        file = root / path
+        return file.read_bytes() if file.is_file() else None
+    return read
+
+
+def _local_git_dir(repository: str) -> Path | None:
+    """The repository as a directory this host can read objects from: a local path or file://."""
+    text = repository.removeprefix("file://")
+    path = Path(text)
+    return path if not re.match(r"^[a-z+]+://", text) and ":" not in text.split("/")[0] and path.is_dir() else None
+
+
+def commit_reader(git_dir: Path, commit: str) -> Reader | None:
+    """Files at `commit`, read from `git_dir` (None when it does not hold that commit)."""
+    try:
+        ok = subprocess.run(["git", "-C", str(git_dir), "cat-file", "-e", f"{commit}^{{commit}}"],
+                            capture_output=True, timeout=GIT_TIMEOUT_S).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if not ok:
+        return None
+
+    def read(path: str) -> bytes | None:
+        res = subprocess.run(["git", "-C", str(git_dir), "show", f"{commit}:{path}"], capture_output=True,
+                             timeout=GIT_TIMEOUT_S)
+        return res.stdout if res.returncode == 0 else None
+    return read
+
+
+def code_reader(code: CodeRef, checkout: Path | None = None) -> Reader | None:
+    """How to read the files `code` runs: the working tree (the agents run the same installed
+    tree: the local stack), or the pinned commit from a local repository or from this checkout
+    when it holds the commit; None when this host cannot see them."""
+    root = checkout or _this_checkout()
+    if code.is_working_tree:
+        return worktree_reader(root)
+    assert code.repository and code.commit
+    prefix = "" if code.working_dir in ("", ".") else code.working_dir.strip("/") + "/"
+    for git_dir in (_local_git_dir(code.repository), root if (root / ".git").exists() else None):
+        if git_dir is None:
+            continue
+        reader = commit_reader(git_dir, code.commit)
+        if reader is not None:
+            return reader if not prefix else _under(prefix, reader)
+    return None
+
+
+def _under(prefix: str, read: Reader) -> Reader:
+    return lambda path: read(prefix + path)
+
+
+def with_source_digests(code: CodeRef, modules: Mapping[str, str], checkout: Path | None = None,
+                        ) -> dict[str, CodeRef]:
+    """`code` per kind (kind -> script module), each with the digest of the kind's own files
+    where they can be read, else as given."""
+    reader = code_reader(code, checkout)
+    if reader is None:
+        return dict.fromkeys(modules, code)
+    out = {}
+    for kind, module in modules.items():
+        files = source_files(module, reader)
+        out[kind] = CodeRef.model_validate({**code.model_dump(), "source_digest": digest_files(files)}) \
+            if files else code
+    return out

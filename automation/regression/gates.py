@@ -41,10 +41,20 @@ Performance gates
   (throughput down, latency up): (c - r) / r for higher-is-better, (r - c) / r for lower. Outcome
   fail when the change is worse than -tolerance, pass otherwise, inconclusive when the reference
   or the value is missing (or not finite) or the reference is 0.
+- Repetitions: a value measured over several runs (median) carries its spread (half the range,
+  companion `<name>:spread`); the spreads of both sides relative to the reference are the noise
+  band, and the tolerance is the wider of the rule's and the band.
 - Metrics are matched by name patterns (fnmatch on the single-value name, e.g.
   `*/output_tokens_per_s`, `*/ttft_ms/median`); the first matching rule says direction, tolerance
   and whether it gates or is observation-only (observation-only metrics are reported, never fail
   a cell: tail latencies are too noisy to gate on). Names no rule matches are not compared.
+
+Paired accuracy gates
+- Where both runs scored the same documents (the evaluate kind's `samples` artifact) a 0/1 metric
+  is decided on the pairs instead (`paired_gate`): the flips right->wrong and wrong->right, an
+  interval on the per-document difference, and McNemar's exact test; a fail needs both to say the
+  drop is beyond noise. Documents both get right (or wrong) add no noise, so the paired test
+  decides where two independent intervals overlap.
 
 Overall
 - fail if any gating decision fails (every accuracy decision gates; a performance one when its
@@ -64,7 +74,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from automation.results import SAMPLES_SUFFIX, STDERR_SUFFIX, MetricValue
+from automation.results import SAMPLES_SUFFIX, SPREAD_SUFFIX, STDERR_SUFFIX, DocumentScores, MetricValue
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 Direction = Literal["higher", "lower"]
@@ -82,6 +92,13 @@ class AccuracyGateSettings(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence of the noise interval")
     metrics: tuple[str, ...] = Field((), description="metrics that gate (fnmatch patterns); empty = every "
                                                      "metric both runs report, except companions")
+    baseline_threshold: float = Field(0.98, gt=0, le=1, description="minimum ratio of a value to the same "
+                                                                    "cell's accepted run (baseline registry)")
+
+    def versus_accepted(self) -> AccuracyGateSettings:
+        """The settings of the comparison with an accepted run of the same cell: one threshold."""
+        return AccuracyGateSettings(threshold=self.baseline_threshold, confidence=self.confidence,
+                                    metrics=self.metrics, baseline_threshold=self.baseline_threshold)
 
     @field_validator("per_suite", "per_metric")
     @classmethod
@@ -110,6 +127,18 @@ class PerformanceGateSettings(BaseModel):
     rules: tuple[PerformanceRule, ...] = Field(default_factory=lambda: DEFAULT_PERFORMANCE_RULES)
 
 
+class PairedStats(BaseModel):
+    """Base and candidate scored on the same documents: the flips, and McNemar's exact test."""
+
+    model_config = ConfigDict(frozen=True)
+
+    documents: int = Field(description="documents both runs scored")
+    right_to_wrong: int = Field(description="right under the base model, wrong under the candidate")
+    wrong_to_right: int = Field(description="wrong under the base model, right under the candidate")
+    mcnemar_p: float = Field(description="two-sided exact McNemar p-value on the discordant pairs")
+    examples: list[str] = Field(default_factory=list, description="a few documents that went right -> wrong")
+
+
 class AccuracyDecision(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -123,6 +152,7 @@ class AccuracyDecision(BaseModel):
     threshold: float
     outcome: Outcome
     reason: str = ""
+    paired: PairedStats | None = Field(None, description="set when decided on per-document pairs")
 
 
 class PerformanceDecision(BaseModel):
@@ -313,12 +343,16 @@ def accuracy_gates(base: Mapping[str, MetricValue], candidate: Mapping[str, Metr
 
 
 def performance_gate(metric: str, reference: float | None, candidate: float | None,
-                     rule: PerformanceRule) -> PerformanceDecision:
-    """Relative change of one benchmark value (negative = worse) against the rule's tolerance."""
+                     rule: PerformanceRule, noise: float | None = None) -> PerformanceDecision:
+    """Relative change of one benchmark value (negative = worse) against the rule's tolerance, or
+    against `noise` (the measured spread of both sides relative to the reference, from
+    repetitions) where that is wider: a change within the runs' own spread is not a regression."""
+    tolerance = max(rule.tolerance, noise) if noise is not None and math.isfinite(noise) else rule.tolerance
+    band = " (the measured noise band)" if tolerance > rule.tolerance else ""
 
     def decision(outcome: Outcome, change: float | None, reason: str) -> PerformanceDecision:
         return PerformanceDecision(metric=metric, direction=rule.direction, reference=reference, candidate=candidate,
-                                   change=change, tolerance=rule.tolerance, gating=rule.gating, outcome=outcome,
+                                   change=change, tolerance=tolerance, gating=rule.gating, outcome=outcome,
                                    reason=reason if rule.gating else f"{reason} (observation only)")
 
     missing = [side for side, value in (("reference", reference), ("candidate", candidate))
@@ -331,9 +365,9 @@ def performance_gate(metric: str, reference: float | None, candidate: float | No
     delta = candidate - reference if rule.direction == "higher" else reference - candidate
     change = delta / abs(reference)
     text = f"{abs(change):.1%} {'better' if change > 0 else 'worse'}" if change else "unchanged"
-    if change < -rule.tolerance - _EPS:
-        return decision("fail", change, f"{text}, beyond the {rule.tolerance:.0%} tolerance")
-    return decision("pass", change, f"{text}, within the {rule.tolerance:.0%} tolerance")
+    if change < -tolerance - _EPS:
+        return decision("fail", change, f"{text}, beyond the {tolerance:.0%} tolerance{band}")
+    return decision("pass", change, f"{text}, within the {tolerance:.0%} tolerance{band}")
 
 
 def performance_gates(reference: Mapping[str, float], candidate: Mapping[str, float],
@@ -342,9 +376,15 @@ def performance_gates(reference: Mapping[str, float], candidate: Mapping[str, fl
     rules = (settings or PerformanceGateSettings()).rules
     decisions = []
     for name in sorted(set(reference) | set(candidate)):
+        if name.endswith(SPREAD_SUFFIX):
+            continue
         rule = next((r for r in rules if _matches(name, r.pattern)), None)
         if rule is not None:
-            decisions.append(performance_gate(name, reference.get(name), candidate.get(name), rule))
+            ref = reference.get(name)
+            spreads = [side.get(name + SPREAD_SUFFIX) for side in (reference, candidate)]
+            noise = (sum(x for x in spreads if x is not None) / abs(ref)
+                     if ref and any(x is not None for x in spreads) else None)
+            decisions.append(performance_gate(name, ref, candidate.get(name), rule, noise))
     return decisions
 
 
@@ -359,3 +399,97 @@ def overall(accuracy: list[AccuracyDecision], performance: list[PerformanceDecis
     if not gating or "inconclusive" in gating:
         return "inconclusive"
     return "pass"
+
+
+# -- paired per-document comparison -------------------------------------------------------------
+PAIRED_EXAMPLES = 3
+
+
+def mcnemar_exact_p(right_to_wrong: int, wrong_to_right: int) -> float:
+    """Two-sided exact McNemar test: under "both models are as good", each discordant pair goes
+    either way with probability 1/2, so the smaller count is Binomial(b + c, 1/2)."""
+    n = right_to_wrong + wrong_to_right
+    if n == 0:
+        return 1.0
+    k = min(right_to_wrong, wrong_to_right)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_gate(metric: str, base: Mapping[str, float], candidate: Mapping[str, float],
+                threshold: float = 0.95, confidence: float = 0.95) -> AccuracyDecision | None:
+    """Recovery of a 0/1 metric decided on the documents both models answered; None when there
+    are no such documents or the scores are not all 0 or 1 (the independent gate decides then).
+
+    With t the threshold, r = candidate / base accuracy over the common documents. Per document
+    d_i = c_i - t b_i, so r >= t exactly when mean(d) >= 0; its interval mean(d) +/- z sd(d)/sqrt(n)
+    uses the pairing (documents both get right or both get wrong add no noise), which is what
+    makes it narrower than two independent intervals. Outcomes:
+      pass          r >= t
+      fail          the interval of mean(d) lies below 0 AND McNemar's exact test says the
+                    candidate differs from the base (p < 1 - confidence): a drop beyond noise
+      inconclusive  otherwise
+    The interval is reported as a recovery interval: r = t + mean(d) / base accuracy."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold!r} for {metric!r} must lie in (0, 1]")
+    common = sorted(set(base) & set(candidate))
+    if not common or any(base[k] not in (0.0, 1.0) or candidate[k] not in (0.0, 1.0) for k in common):
+        return None
+    if metric_direction(metric) != "higher":
+        return None
+    n = len(common)
+    b_right = sum(base[k] for k in common)
+    c_right = sum(candidate[k] for k in common)
+    flips_down = [k for k in common if base[k] == 1.0 and candidate[k] == 0.0]
+    flips_up = sum(1 for k in common if base[k] == 0.0 and candidate[k] == 1.0)
+    p = mcnemar_exact_p(len(flips_down), flips_up)
+    stats = PairedStats(documents=n, right_to_wrong=len(flips_down), wrong_to_right=flips_up, mcnemar_p=p,
+                        examples=flips_down[:PAIRED_EXAMPLES])
+    base_value = MetricValue(value=b_right / n, samples=n)
+    cand_value = MetricValue(value=c_right / n, samples=n)
+
+    def decision(outcome: Outcome, recovery: float | None, low: float | None, high: float | None,
+                 reason: str) -> AccuracyDecision:
+        return AccuracyDecision(metric=metric, direction="higher", base=base_value, candidate=cand_value,
+                                recovery=recovery, low=low, high=high, threshold=threshold, outcome=outcome,
+                                reason=reason, paired=stats)
+
+    flips = f"{len(flips_down)} right->wrong, {flips_up} wrong->right of {n} documents, McNemar p={p:.3g}"
+    if b_right == 0:
+        return decision("inconclusive", None, None, None, f"recovery undefined: base is 0 on every document; {flips}")
+    r = c_right / b_right
+    d = [candidate[k] - threshold * base[k] for k in common]
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = _z(confidence) * sd / math.sqrt(n)
+    scale = n / b_right  # mean(d) -> recovery: r = t + mean(d) * n / b_right
+    low, high = max(0.0, threshold + (mean - half) * scale), threshold + (mean + half) * scale
+    interval = f"paired {confidence * 100:g}% interval [{low:.4g}, {high:.4g}]"
+    verdict = f"recovery {r:.4g} {'>=' if r >= threshold - _EPS else '<'} threshold {threshold:g}"
+    if r >= threshold - _EPS:
+        return decision("pass", r, low, high, f"{verdict} ({interval}); {flips}")
+    if high < threshold - _EPS and p < 1 - confidence:
+        return decision("fail", r, low, high, f"{verdict} beyond noise ({interval}); {flips}")
+    why = "its interval reaches it" if high >= threshold - _EPS else "McNemar does not tell the models apart"
+    return decision("inconclusive", r, low, high, f"{verdict} but {why} (could be noise; {interval}); {flips}")
+
+
+def with_paired(decisions: list[AccuracyDecision], base: DocumentScores, candidate: DocumentScores,
+                confidence: float = 0.95) -> list[AccuracyDecision]:
+    """`decisions` with each metric both sides have per-document scores for decided by
+    `paired_gate` instead, its flipped examples spelled out (target, base and candidate answer)."""
+    out = []
+    for d in decisions:
+        paired = None
+        if d.metric in base.scores and d.metric in candidate.scores:
+            paired = paired_gate(d.metric, base.scores[d.metric], candidate.scores[d.metric],
+                                 threshold=d.threshold, confidence=confidence)
+        if paired is not None and paired.paired is not None:
+            shown = []
+            for doc in paired.paired.examples:
+                b, c = base.example(d.metric, doc), candidate.example(d.metric, doc)
+                shown.append(f"target {b.get('target', '?')!r}: base {b.get('response', '?')!r} -> "
+                             f"candidate {c.get('response', '?')!r}")
+            paired = paired.model_copy(update={"paired": paired.paired.model_copy(update={"examples": shown})})
+        out.append(paired or d)
+    return out

@@ -1,7 +1,8 @@
 """Planning the compress -> evaluate -> benchmark matrix: every spec of a run, built and validated
 before anything is queued, so bad input fails naming its parameter and leaves nothing behind.
 
-A plan is pure data. `flows.run.finalize` then checks what needs a server (queues, models) and
+A plan is pure data (the one thing it reads is the code each kind runs:
+`code_pin.with_source_digests`). `flows.run.finalize` then checks what needs a server (queues, models) and
 applies the submit hooks once to every spec; running a plan never comes back here.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from automation.errors import FlowInputError, HookError, SpecError, StandardError
+from automation.regression.code_pin import with_source_digests
 from automation.regression.hooks import check_hooks
 from automation.regression.report_model import BASE_SCHEME
 from automation.specs.base import CodeRef, TaskSpec, build
@@ -68,6 +70,8 @@ class BenchmarkOptions(BaseModel):
     gpus: int | None = Field(None, ge=0, description="GPUs for the server; none = default")
     server_args: list[str] = Field(default_factory=list, description="extra server arguments")
     startup_timeout_s: float = Field(900.0, gt=0, description="deadline for the server to become ready")
+    repetitions: int = Field(1, ge=1, le=15, description="runs of each profile (odd): median reported, spread "
+                                                         "used as the performance gates' noise band")
 
 
 class StepQueues(BaseModel):
@@ -80,6 +84,28 @@ class StepQueues(BaseModel):
     evaluate: str | None = Field(None, description="queue for evaluations")
     benchmark: str | None = Field(None, description="queue for benchmarks")
 
+
+
+class StepLimits(BaseModel):
+    """Longest wait in the queue and longest run per step, in seconds; empty = the kind's default
+    (8 h in a queue; 12 h compressing or evaluating, 4 h benchmarking). A step past a limit is
+    dequeued or stopped on its agent and reported as a timeout in its cell; the rest goes on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compress_queue_s: float | None = Field(None, gt=0, description="queue wait limit of compressions")
+    compress_run_s: float | None = Field(None, gt=0, description="run limit of compressions")
+    evaluate_queue_s: float | None = Field(None, gt=0, description="queue wait limit of evaluations")
+    evaluate_run_s: float | None = Field(None, gt=0, description="run limit of evaluations")
+    benchmark_queue_s: float | None = Field(None, gt=0, description="queue wait limit of benchmarks")
+    benchmark_run_s: float | None = Field(None, gt=0, description="run limit of benchmarks")
+
+    def for_spec(self, spec: TaskSpec) -> tuple[float, float]:
+        """(queue limit, run limit) of a step of this kind."""
+        given = self.model_dump()
+        queue_s = given.get(f"{spec.kind}_queue_s")
+        run_s = given.get(f"{spec.kind}_run_s")
+        return (queue_s or type(spec).max_queue_s, run_s or type(spec).max_run_s)
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -120,6 +146,7 @@ class Plan:
     hooks: list[str]
     queues: set[str] = field(default_factory=set)
     code: CodeRef = field(default_factory=CodeRef)
+    limits: StepLimits = field(default_factory=StepLimits)
 
 
 def _spec(field_name: str, make: Callable[[], TaskSpec]) -> Any:
@@ -142,6 +169,7 @@ def plan_matrix(
     hooks: list[str],
     tags: tuple[str, ...] = (),
     code: CodeRef | None = None,
+    limits: StepLimits | None = None,
 ) -> Plan:
     """Every spec of the run, validated. `models` = (model, queue, OOM escalation) triples."""
     if not models:
@@ -171,6 +199,9 @@ def plan_matrix(
     except HookError as exc:
         raise FlowInputError(str(exc)) from None
 
+    # Each kind runs its own files of the code: a change to one core script recomputes that kind only.
+    codes = with_source_digests(code or CodeRef(), {spec.kind: spec.script_module for spec in
+                                                    (CompressSpec, EvaluateSpec, BenchmarkSpec)})
     plans: list[ModelPlan] = []
     queues: set[str] = set()
     for model, queue, escalation in models:
@@ -178,18 +209,18 @@ def plan_matrix(
         if unknown:
             raise FlowInputError(f"compression.recipe_args: {sorted(unknown)} are not among the schemes {schemes}")
         mp = _plan_model(model, queue, escalation, schemes, suites, profile, compression, evaluation, benchmarking,
-                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation,
-                                       "code": code or CodeRef()})
+                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation}, codes)
         queues |= {step_queues.compress or queue, step_queues.evaluate or queue, step_queues.benchmark or queue,
                    *escalation}
         plans.append(mp)
     return Plan(models=plans, schemes=schemes, suites=suites, profile=profile, hooks=hooks, queues=queues,
-                code=code or CodeRef())
+                code=code or CodeRef(), limits=limits or StepLimits())
 
 
 def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], schemes: list[str], suites: list[str],
                 profile: str, compression: CompressionOptions, evaluation: EvaluationOptions,
-                benchmarking: BenchmarkOptions, step_queues: StepQueues, envelope: dict[str, Any]) -> ModelPlan:
+                benchmarking: BenchmarkOptions, step_queues: StepQueues, envelope: dict[str, Any],
+                codes: dict[str, CodeRef]) -> ModelPlan:
     q_compress = step_queues.compress or queue
     q_eval = step_queues.evaluate or queue
     q_bench = step_queues.benchmark or queue
@@ -197,17 +228,20 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
     def evaluate_for(m: ModelRef, suite: str) -> EvaluateSpec:
         return EvaluateSpec(model=m, suite=suite, queue=q_eval, limit=evaluation.limit,
                             batch_size=evaluation.batch_size, num_fewshot=evaluation.num_fewshot,
-                            backend=evaluation.backend, **envelope)
+                            backend=evaluation.backend, code=codes[EvaluateSpec.kind], **envelope)
 
     def bench_for(m: ModelRef) -> BenchmarkSpec:
         return BenchmarkSpec(model=m, profile=profile, queue=q_bench, engine=benchmarking.engine,
                              gpus=benchmarking.gpus, server_args=tuple(benchmarking.server_args),
-                             startup_timeout_s=benchmarking.startup_timeout_s, **envelope)
+                             startup_timeout_s=benchmarking.startup_timeout_s, repetitions=benchmarking.repetitions,
+                             code=codes[BenchmarkSpec.kind],
+                             **envelope)
 
     def compress_for(scheme: str) -> CompressSpec:
         return CompressSpec(model=model, recipe=scheme, recipe_args=compression.recipe_args.get(scheme, {}),
                             calibration=compression.calibration, num_samples=compression.num_samples,
-                            max_seq_length=compression.max_seq_length, queue=q_compress, **envelope)
+                            max_seq_length=compression.max_seq_length, queue=q_compress,
+                            code=codes[CompressSpec.kind], **envelope)
 
     return ModelPlan(
         model=model, queue=queue, escalation=escalation,

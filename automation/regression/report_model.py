@@ -47,6 +47,8 @@ class StepFailure(BaseModel):
     error: str
     task_id: str | None = None
     web_url: str | None = None
+    timeout: Literal["queue", "run"] | None = Field(None, description="the step ran out of time waiting in its "
+                                                                      "queue or running (step_limits)")
 
 
 class ReportCell(BaseModel):
@@ -64,10 +66,21 @@ class ReportCell(BaseModel):
     performance_gates: list[PerformanceDecision] = Field(default_factory=list, description="vs the base model")
     accepted_gates: list[PerformanceDecision] = Field(
         default_factory=list, description="performance vs the last accepted run of this cell (baseline registry)")
+    accepted_accuracy_gates: list[AccuracyDecision] = Field(
+        default_factory=list, description="accuracy vs the last accepted run of this cell (baseline registry)")
+    stack_changed: bool = Field(False, description="the base model itself moved from its accepted run on this "
+                                                   "suite: comparisons with accepted runs do not gate this cell")
     accepted_from: str | None = Field(None, description="report id of the accepted run compared with")
     trend_from: str | None = Field(None, description="report id of the previous run of the same series")
     trend: dict[str, float] = Field(default_factory=dict,
                                     description="relative change vs the previous run per headline value")
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="per step (`compress/code`, `evaluate/lm_eval`, ...): what it declared "
+                                          "and what its task recorded it ran in")
+    changes_vs_accepted: list[str] = Field(default_factory=list,
+                                           description="environment differences from the accepted run compared with")
+    changes_vs_previous: list[str] = Field(default_factory=list,
+                                           description="environment differences from the previous run of the series")
     outcome: Outcome | Literal["baseline", "error"] = "inconclusive"
     steps: list[StepLink] = Field(default_factory=list)
     failures: list[StepFailure] = Field(default_factory=list)
@@ -80,6 +93,17 @@ class ReportCell(BaseModel):
 
 def cell_key(model: str, scheme: str, suite: str, profile: str) -> str:
     return f"{model}|{scheme}|{suite}|{profile}"
+
+
+class TrendPoint(BaseModel):
+    """One run of a series, for one cell: what the cross-run trend plots."""
+
+    model_config = ConfigDict(frozen=True)
+
+    created: datetime
+    report_id: str | None = None
+    recovery: float | None = Field(None, description="minimum recovery over the gated metrics vs the base")
+    throughput: float | None = Field(None, description="output tokens/s at the lightest load")
 
 
 class Report(BaseModel):
@@ -97,6 +121,13 @@ class Report(BaseModel):
     settings: dict[str, object] = Field(default_factory=dict, description="gate settings the run used")
     provenance: dict[str, str] = Field(default_factory=dict,
                                        description="package versions, code ref, queues, who started it")
+    history_error: str | None = Field(None, description="why the accepted baselines and the series could not be "
+                                                        "read (their gates did not run)")
+    trend_series: dict[str, list[TrendPoint]] = Field(
+        default_factory=dict, description="per cell key, the series' recent runs, oldest first, this one last")
+    stack_changes: list[str] = Field(default_factory=list,
+                                     description="base models whose own scores moved from their accepted run "
+                                                 "(the evaluation or serving stack changed, not the compression)")
     summary_task_id: str | None = Field(None, description="the ClearML summary task (= the report id)")
     summary_task_url: str | None = None
     plot_url: str | None = Field(None, description="the report's SVG plot on the ClearML file server")

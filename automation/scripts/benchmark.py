@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import ModelInputError
+from automation.results import SPREAD_SUFFIX
 from automation.scripts.lib import hub_access
 from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
@@ -37,19 +38,65 @@ def has_tokenizer(directory: Path) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
-def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]]) -> None:
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]  # an odd count: the middle run itself
+
+
+def combine_repetitions(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Several runs of one profile as one result: each benchmark (by position: the profile is the
+    same) gets the median over the runs of every number, and a spread (half the range) of each;
+    request totals are summed, so the error fraction covers every request sent."""
+    def merge(items: list[Any], spread: bool) -> Any:
+        first = items[0]
+        if isinstance(first, dict):
+            return {k: merge([i.get(k) for i in items], spread) for k in first}
+        numbers = [float(i) for i in items if isinstance(i, int | float) and not isinstance(i, bool)]
+        if len(numbers) != len(items) or not numbers:
+            return first if not spread else None
+        return (max(numbers) - min(numbers)) / 2 if spread else _median(numbers)
+
+    combined = dict(runs[0])
+    benchmarks, spreads = [], []
+    for position, bench in enumerate(runs[0]["benchmarks"]):
+        same = [run["benchmarks"][position] for run in runs if len(run["benchmarks"]) > position]
+        merged = merge(same, spread=False)
+        merged["request_totals"] = {k: sum(b["request_totals"].get(k, 0) for b in same)
+                                    for k in bench["request_totals"]}
+        merged.update({"strategy": bench.get("strategy"), "rate": bench.get("rate")})
+        benchmarks.append(merged)
+        spreads.append(merge(same, spread=True))
+    errored = sum(b["request_totals"].get("errored", 0) for b in benchmarks)
+    sent = errored + sum(b["request_totals"].get("successful", 0) for b in benchmarks)
+    combined.update({"benchmarks": benchmarks, "spreads": spreads, "repetitions": len(runs),
+                     "error_fraction": round(errored / sent, 4) if sent else 1.0,
+                     "wall_s": round(sum(float(r.get("wall_s") or 0) for r in runs), 2)})
+    return combined, spreads
+
+
+def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]],
+                      spreads: list[dict[str, Any]] | None = None) -> None:
+    """Every value as a scalar and a single value; with `spreads` (repetitions), each value's
+    spread as companion `<name>:spread`."""
     for index, bench in enumerate(benchmarks):
         label = _label(bench)
+        spread = (spreads or [])[index] if spreads and index < len(spreads) else {}
+
+        def single(name: str, value: float, companion: Any) -> None:
+            report.single_value(name, value)
+            if isinstance(companion, int | float):
+                report.single_value(name + SPREAD_SUFFIX, float(companion))
+
         for metric in _LATENCIES:
             for stat in _STATS:
                 value = (bench.get(metric) or {}).get(stat)
                 if value is not None:
                     report.scalar(metric, f"{label} {stat}", float(value), iteration=index)
-                    report.single_value(f"{label}/{metric}/{stat}", float(value))
+                    single(f"{label}/{metric}/{stat}", float(value), (spread.get(metric) or {}).get(stat))
         for metric in ("requests_per_s", "output_tokens_per_s"):
             if bench.get(metric) is not None:
                 report.scalar("throughput", f"{label} {metric}", float(bench[metric]), iteration=index)
-                report.single_value(f"{label}/{metric}", float(bench[metric]))
+                single(f"{label}/{metric}", float(bench[metric]), spread.get(metric))
         for key, count in (bench.get("request_totals") or {}).items():
             report.scalar("requests", f"{label} {key}", float(count), iteration=index)
             report.single_value(f"{label}/requests_{key}", float(count))
@@ -83,17 +130,26 @@ def main(spec: TaskSpec, report: Reporter) -> None:
                            served_model_name=spec.model.short_name() if engine == "vllm" else None)
     report.progress(5, f"starting {engine} server for {model_dir}")
     result: dict[str, Any] | None = None
+    spreads: list[dict[str, Any]] | None = None
     failure: BaseException | None = None
     try:
         with server:
             report.progress(30, f"server ready in {server.startup_s} s; running GuideLLM profile {profile['name']}")
             report.scalar("time", "server_startup_s", float(server.startup_s or 0))
+            runs = []
             try:
-                result = benchmark(server.base_url, server.model_name, tokenizer_dir, profile, work / "guidellm",
-                                   engine=engine, max_error_fraction=spec.max_error_fraction,
-                                   timeout_s=spec.benchmark_timeout_s, seed=spec.seed)
+                for rep in range(spec.repetitions):  # one server start for all: the runs differ only by noise
+                    if spec.repetitions > 1:
+                        report.progress(30 + 60 * rep // spec.repetitions,
+                                        f"GuideLLM run {rep + 1} of {spec.repetitions}")
+                    out = work / "guidellm" if rep == 0 else work / f"guidellm-{rep + 1}"
+                    runs.append(benchmark(server.base_url, server.model_name, tokenizer_dir, profile, out,
+                                          engine=engine, max_error_fraction=spec.max_error_fraction,
+                                          timeout_s=spec.benchmark_timeout_s, seed=spec.seed))
             except BenchmarkError as exc:
                 failure = exc
+            if runs and failure is None:
+                result, spreads = combine_repetitions(runs) if len(runs) > 1 else (runs[0], None)
     finally:
         if server_log.is_file():
             report.artifact("server_log", server_log)
@@ -102,7 +158,7 @@ def main(spec: TaskSpec, report: Reporter) -> None:
         saved = work / "guidellm" / "benchmark_result.json"
         result = json.loads(saved.read_text()) if saved.is_file() else None
     if result is not None:
-        report_benchmarks(report, result["benchmarks"])
+        report_benchmarks(report, result["benchmarks"], spreads)
         report.scalar("requests", "error_fraction", float(result["error_fraction"]))
         report.single_value("error_fraction", float(result["error_fraction"]))
         result.update({"engine": engine, "model": str(spec.model), "server_startup_s": server.startup_s})

@@ -4,8 +4,9 @@ Reports each metric as a scalar (title = task, series = metric) AND a single val
 `<task>/<metric>` with companions `<task>/<metric>:stderr` and `<task>/<metric>:n` (sample count);
 lm-eval group averages and the suite's own averages the same way; the summary as artifact
 `eval_results` and lm-eval's full results (task configs, versions, n-shot, higher_is_better; no
-per-sample outputs) as artifact `lm_eval_results`; and, when the input is a ClearML model, the values as that
-model's metadata (so a model carries its scores).
+per-sample outputs) as artifact `lm_eval_results`; each document's score per task and metric (for
+the paired comparison of two models on the same documents) as artifact `samples`; and, when the
+input is a ClearML model, the values as that model's metadata (so a model carries its scores).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from automation.results import SAMPLES_SUFFIX, STDERR_SUFFIX
+from automation.results import SAMPLES_ARTIFACT, SAMPLES_SUFFIX, STDERR_SUFFIX
 from automation.scripts.lib import hub_access
 from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
@@ -68,11 +69,12 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     if limit is not None and limit >= 1:
         limit = int(limit)
     full_results = work_dir(report, "evaluate") / "lm_eval_results.json"
+    samples = full_results.with_name(SAMPLES_ARTIFACT + ".json")
     report.progress(10, f"evaluating {', '.join(tasks)} with lm-eval ({backend} on {device})")
     summary = evaluate(model_dir, tasks, include_path=include,
                        num_fewshot=spec.num_fewshot, limit=limit, batch_size=spec.batch_size, backend=backend,
                        device=device, dtype=spec.dtype, vllm_args=spec.vllm_args, seed=spec.seed,
-                       task_fewshot=fewshot, full_results_path=full_results)
+                       task_fewshot=fewshot, full_results_path=full_results, samples_path=samples)
     report.progress(85, "reporting metrics")
 
     values: dict[str, float] = {}
@@ -97,6 +99,8 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     report.artifact("eval_results", summary)
     if full_results.is_file():
         report.artifact("lm_eval_results", full_results)
+    if samples.is_file():
+        report.artifact(SAMPLES_ARTIFACT, samples)
     if spec.attach_to_model and spec.model.clearml_model_id and getattr(report, "task", None) is not None:
         _attach_to_model(spec.model.clearml_model_id, values, report)
     report.progress(100, "done")

@@ -9,14 +9,21 @@ land in `DIR/results.json` instead of ClearML.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import functools
 import json
 import logging
 import os
+import platform
+import shutil
+import subprocess
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from automation.errors import SpecError
 from automation.specs.base import META_CONFIG, TaskSpec
@@ -178,20 +185,24 @@ CoreMain = Callable[[TaskSpec, Reporter], None]
 PHASE_PREFIX = "phase."
 
 
-def _record_phases(task: Any, marks: dict[str, float], spent: dict[str, float]) -> None:
+def _record_phases(task: Any, marks: dict[str, float], spent: dict[str, float],
+                   extra: dict[str, str] | None = None) -> None:
     """Where this task's time went, as user properties `phase.*` (seconds; `start` and `end` as
     epoch seconds, so queue wait, agent launch and the SDK's close can be read off the task's own
-    timestamps). Best effort: a task whose figures cannot be written is still a finished task."""
+    timestamps). `extra` properties go with them (one call). Best effort: a task whose figures
+    cannot be written is still a finished task."""
     import psutil  # a dependency of clearml
 
     now_epoch, now = time.time(), time.monotonic()
     process_start = psutil.Process().create_time()
-    work = marks["main_done"] - marks["spec_read"] - spent["input_model_s"] - spent["upload_s"]
+    work = marks["main_done"] - marks["env_recorded"] - spent["input_model_s"] - spent["upload_s"]
     phases = {
         "start": process_start,
         "imports_s": (now_epoch - (now - marks["entered"])) - process_start,
         "sdk_init_s": marks["sdk_ready"] - marks["entered"],
         "spec_read_s": marks["spec_read"] - marks["sdk_ready"],
+        # recording the environment and checking the declared pins, and the GPU read at the end
+        "env_s": marks["env_recorded"] - marks["spec_read"] + spent.get("env_s", 0.0),
         "input_model_s": spent["input_model_s"],
         "work_s": max(0.0, work),
         "upload_s": spent["upload_s"],
@@ -199,9 +210,193 @@ def _record_phases(task: Any, marks: dict[str, float], spent: dict[str, float]) 
         "end": now_epoch,
     }
     try:
-        task.set_user_properties(**{f"{PHASE_PREFIX}{k}": f"{v:.3f}" for k, v in phases.items()})
+        task.set_user_properties(**(extra or {}), **{f"{PHASE_PREFIX}{k}": f"{v:.3f}" for k, v in phases.items()})
     except Exception as exc:  # the figures are a report, not the result
         print(f"could not record the phase timings: {exc}", flush=True)
+
+
+# -- the environment a task ran in, and the pins it declares --------------------------------
+ENV_PREFIX = "env."
+# Recorded when installed, whatever the kind declares (the libraries a result depends on).
+KEY_DISTRIBUTIONS = ("torch", "transformers", "compressed-tensors", "llmcompressor", "lm-eval", "guidellm",
+                     "vllm", "clearml")
+NVIDIA_SMI_TIMEOUT_S = 5.0
+NOT_INSTALLED = "not installed"
+# automation/clearml/failures.py recognises this line as an infrastructure failure.
+MISMATCH_ADVICE = "(the agent's environment does not match the task; rebuild it or change the pin)"
+
+
+@functools.cache  # each lookup scans sys.path (ms); the record and the pin check ask for the same names
+def installed_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def pin_mismatches(requirements: Iterable[str],
+                   installed: Callable[[str], str | None] = installed_version,
+                   environment: dict[str, str] | None = None) -> list[str]:
+    """`name==X declared but Y is installed` (or `... but it is not installed`) for every exact
+    pin (`==`, `===`) the environment contradicts; requirements whose marker does not apply here
+    (`environment`: marker variables, default this interpreter) are skipped."""
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion
+
+    from automation.specs.packages import is_pinned
+
+    out = []
+    for raw in requirements:
+        req = Requirement(raw)
+        if not is_pinned(req) or (req.marker is not None and not req.marker.evaluate(environment)):
+            continue
+        pin = f"{req.name}{req.specifier}"
+        have = installed(req.name)
+        if have is None:
+            out.append(f"{pin} declared but it is {NOT_INSTALLED}")
+            continue
+        try:
+            ok = req.specifier.contains(have, prereleases=True)  # `==2.3` holds `2.3.0+cu121`
+        except InvalidVersion:  # not a PEP 440 version: only an identical string holds it
+            ok = all(have == s.version for s in req.specifier)
+        if not ok:
+            out.append(f"{pin} declared but {have} is installed")
+    return out
+
+
+def mismatch_message(mismatches: list[str]) -> str:
+    """The one line a task that runs in the wrong environment fails with: not the task's code (the
+    same task runs on an agent whose environment is right), so an infrastructure failure."""
+    return f"environment: {'; '.join(mismatches)} {MISMATCH_ADVICE}"
+
+
+def environment_mismatch(requirements: Iterable[str]) -> str | None:
+    """That line when this environment contradicts a pin of `requirements`, else None."""
+    mismatches = pin_mismatches(requirements)
+    return mismatch_message(mismatches) if mismatches else None
+
+
+def _torch_cuda_build() -> str | None:
+    """`torch.version.cuda` ("none" for a CPU build), without importing torch (seconds) when this
+    process has not loaded it yet: `torch/version.py` is a file of plain assignments."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.version.cuda or "none")
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec("torch")  # a top-level name: finds, imports nothing
+        if found is None or not found.submodule_search_locations:
+            return None
+        source = (Path(next(iter(found.submodule_search_locations))) / "version.py").read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id == "cuda":
+                return str(ast.literal_eval(value) or "none")
+    except (OSError, ValueError, SyntaxError, ImportError):
+        pass
+    return None
+
+
+def start_driver_query() -> subprocess.Popen[str] | None:
+    """`nvidia-smi` asked for the driver version, left running (tens to hundreds of ms on a GPU
+    host: started before the SDK's init, it costs the task nothing); None without the binary."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return None
+    try:
+        return subprocess.Popen([binary, "--query-gpu=driver_version", "--format=csv,noheader"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError as exc:
+        print(f"nvidia-smi did not start: {exc}", flush=True)
+        return None
+
+
+def _driver_version(query: subprocess.Popen[str] | None) -> str | None:
+    if query is None:
+        return None
+    try:
+        out, _ = query.communicate(timeout=NVIDIA_SMI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        query.kill()  # and no reading to the end: a child of it may hold the pipe open
+        if query.stdout is not None:
+            query.stdout.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            query.wait(timeout=1)
+        print(f"nvidia-smi gave no driver version within {NVIDIA_SMI_TIMEOUT_S:g} s", flush=True)
+        return None
+    if query.returncode != 0:
+        print(f"nvidia-smi gave no driver version (exit status {query.returncode})", flush=True)
+        return None
+    versions = list(dict.fromkeys(line.strip() for line in out.splitlines() if line.strip()))
+    return ", ".join(versions) or None
+
+
+def environment_record(spec: TaskSpec, driver_query: subprocess.Popen[str] | None = None) -> dict[str, str]:
+    """What this process runs with (cheap: no import of torch): interpreter, platform, the
+    installed versions of the distributions the task declares and of the key ML libraries,
+    torch's CUDA build, the NVIDIA driver (`driver_query`: a `start_driver_query` already under
+    way), the agent's worker and the queue. Keys without the `env.` prefix; GPUs come from
+    `gpu_record` once the script has loaded torch."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    declared = [canonicalize_name(Requirement(r).name) for r in spec.task_requirements()]
+    record: dict[str, str] = {}
+    for name in dict.fromkeys([*declared, *KEY_DISTRIBUTIONS]):
+        have = installed_version(name)
+        if have is not None or name in declared:
+            record[name] = have or NOT_INSTALLED
+    record["python"] = platform.python_version()
+    record["platform"] = platform.platform()
+    cuda = _torch_cuda_build()
+    if cuda is not None:
+        record["torch_cuda"] = cuda
+    driver = _driver_version(driver_query or start_driver_query())
+    if driver is not None:
+        record["nvidia_driver"] = driver
+    worker = os.environ.get("CLEARML_WORKER_ID") or os.environ.get("CLEARML_WORKER_NAME")
+    if worker:
+        record["worker"] = worker
+    record["queue"] = spec.queue
+    return record
+
+
+def gpu_record() -> dict[str, str]:
+    """GPU count and names from torch.cuda, only when the script has loaded torch itself (the
+    compress, evaluate and benchmark scripts do; importing it here would cost seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    try:
+        cuda = torch.cuda
+        if not cuda.is_available():
+            return {"gpu_count": "0"}
+        count = int(cuda.device_count())
+        return {"gpu_count": str(count), "gpus": ", ".join(str(cuda.get_device_name(i)) for i in range(count))}
+    except Exception as exc:  # a broken CUDA state after a failure: the rest is still worth recording
+        print(f"could not read the GPUs: {exc}", flush=True)
+        return {}
+
+
+def _env_properties(record: dict[str, str]) -> dict[str, str]:
+    return {f"{ENV_PREFIX}{k}": v for k, v in record.items()}
+
+
+def _record_environment(task: Any, spec: TaskSpec, driver_query: subprocess.Popen[str] | None) -> None:
+    """`env.*` user properties at the start, so a task that fails still says what it ran in."""
+    record = environment_record(spec, driver_query)
+    try:
+        task.set_user_properties(**_env_properties(record))
+    except Exception as exc:  # a report, not the result
+        print(f"could not record the environment: {exc}", flush=True)
 
 
 def _load_secrets(spec: TaskSpec) -> None:
@@ -235,6 +430,18 @@ def _log_before_failing(task: Any, text: str) -> None:
     print("the traceback did not show in the task's log in time; the status message carries the cause", flush=True)
 
 
+def _fail_task(task: Any, message: str, text: str) -> NoReturn:
+    """Mark the task failed with `message` once `text` (the traceback) is in its log; exit."""
+    gpus = gpu_record()
+    if gpus:
+        with contextlib.suppress(Exception):
+            task.set_user_properties(**_env_properties(gpus))
+    _log_before_failing(task, text)
+    # status_message carries the cause (the bridge classifies failures from it).
+    task.mark_failed(status_reason=message[:255], status_message=message[:2000], force=True)
+    os._exit(1)  # mark_failed already told the server; skip the SDK's own atexit re-marking
+
+
 def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
     """Entry point of every core script."""
     parser = argparse.ArgumentParser(prog=f"automation.scripts.{kind}")
@@ -251,6 +458,7 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         return
 
     marks = {"entered": time.monotonic()}
+    driver_query = start_driver_query()  # runs while the SDK initialises
     from clearml import Task
 
     task: Any = Task.init()  # under an agent: attaches to the task the agent runs
@@ -261,19 +469,22 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
             raise SpecError(f"task holds a '{spec.kind}' spec but runs the '{kind}' script")
         _load_secrets(spec)
         marks["spec_read"] = time.monotonic()
+        _record_environment(task, spec, driver_query)
+        mismatch = environment_mismatch(spec.task_requirements())
+        if mismatch:  # before the work; the one line is all the log and the status say, no traceback
+            _fail_task(task, mismatch, mismatch)
+        marks["env_recorded"] = time.monotonic()
         reporter = ClearMLReporter(task)
         main(spec, reporter)
         marks["main_done"] = time.monotonic()
         task.flush(wait_for_uploads=True)
         marks["flushed"] = time.monotonic()
-        _record_phases(task, marks, reporter.spent)
+        gpus = gpu_record()
+        reporter.spent["env_s"] = time.monotonic() - marks["flushed"]
+        _record_phases(task, marks, reporter.spent, _env_properties(gpus))
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        message = f"{type(exc).__name__}: {exc}"
-        _log_before_failing(task, traceback.format_exc().rstrip())
-        # status_message carries the cause (the bridge classifies failures from it).
-        task.mark_failed(status_reason=message[:255], status_message=message[:2000], force=True)
-        os._exit(1)  # mark_failed already told the server; skip the SDK's own atexit re-marking
+        _fail_task(task, f"{type(exc).__name__}: {exc}", traceback.format_exc().rstrip())
     finally:
         print(f"core script wall time: {time.monotonic() - started:.2f} s", flush=True)

@@ -147,6 +147,10 @@ class CodeRef(BaseModel):
     repository: str | None = Field(None, description="git URL; None = the agent's installed working tree")
     commit: str | None = Field(None, description="full 40-hex commit id; required with a repository")
     working_dir: str = Field(".", description="directory the module runs from, relative to the repo root")
+    source_digest: str | None = added_field(
+        None, since="2026-12", pattern=r"^[0-9a-f]{32}$",
+        description="digest of the files the kind's core script runs (set at plan time, "
+                    "regression/code_pin.py); when set, the identity covers it instead of repository and commit")
 
     @model_validator(mode="before")
     @classmethod
@@ -254,6 +258,11 @@ class TaskSpec(BaseModel):
     accepted_hooks: ClassVar[frozenset[str]] = frozenset()
     # Kind-specific fields that never reach the task's Args/configuration (rare).
     local_only: ClassVar[frozenset[str]] = frozenset()
+    # How long a step of the kind may wait in its queue and run on an agent before the flows stop
+    # it and report a timeout (seconds; the flows' `step_limits` parameter overrides). A night must
+    # end: a task hung on a GPU or a queue nobody serves otherwise holds the run for ever.
+    max_queue_s: ClassVar[float] = 8 * 3600.0
+    max_run_s: ClassVar[float] = 12 * 3600.0
 
     project: str = volatile("llm-automation", description="ClearML project (a/b for nesting)",
                             min_length=3)
@@ -261,7 +270,10 @@ class TaskSpec(BaseModel):
     queue: str = volatile("gpu", description="ClearML queue the task is enqueued on", min_length=1)
     queue_escalation: tuple[str, ...] = volatile(
         (), description="queues to retry on, in order, when the task runs out of memory")
-    docker_image: str | None = volatile(None, description="container image the agent runs the task in")
+    # In the identity when set: the image decides CUDA, torch and vLLM. Give a digest
+    # (`repo@sha256:...`) for a nightly: a tag can move under the same identity.
+    docker_image: str | None = added_field(None, since="2026-12",
+                                           description="container image the agent runs the task in")
     docker_args: str | None = volatile(None, description="extra `docker run` arguments")
     tags: tuple[str, ...] = volatile((), description="extra ClearML tags")
     packages: tuple[str, ...] = Field((), description="extra pip requirements (a pinned one wins)")
@@ -360,11 +372,31 @@ class TaskSpec(BaseModel):
     def identity_payload(self) -> dict[str, Any]:
         data = _drop_added_defaults(self, self.model_dump(mode="json", exclude=self.volatile_fields()))
         data["packages"] = sorted(self.requirements())
+        if self.code.source_digest:  # the content the kind runs, wherever it is hosted and whatever commit holds it
+            data["code"] = {"source_digest": self.code.source_digest}
         payload: dict[str, Any] = {"kind": self.kind, "schema": SCHEMA_VERSION, "spec": data}
         standards = self.standards_content()
         if standards:  # kinds without standards (debug) keep the identities they always had
             payload["standards"] = standards
         return payload
+
+    def environment(self) -> dict[str, str]:
+        """What the step declares it runs with, readable, for a report's "what changed": the code
+        (and the digest of the kind's files), requirements, image, input model, and a digest per
+        named standard (the rendered recipe, the suite, the profile)."""
+        out = {"code": str(self.code), "packages": ", ".join(sorted(self.requirements())) or "-",
+               "docker_image": self.docker_image or "-"}
+        if self.code.source_digest:  # the files are what counts: a commit that did not touch them is no suspect
+            out["code"] = self.code.repository or "agent working tree"
+            out["code_files"] = self.code.source_digest
+            if self.code.commit:
+                out["code_commit"] = self.code.commit
+        model = getattr(self, "model", None)
+        if model is not None:
+            out["model"] = str(model)
+        for name, content in sorted(self.standards_content().items()):
+            out[name] = hashlib.sha256(_canonical_json(content).encode()).hexdigest()[:12]
+        return out
 
     def identity(self) -> str:
         """Stable across processes and machines: sha256 of canonical JSON, 32 hex chars."""
@@ -380,6 +412,9 @@ class TaskSpec(BaseModel):
         dumped = self.model_dump(mode="json")
         out = {name: hocon.dumps({name: dumped[name]}) for name in self.config_fields()}
         envelope = {name: dumped[name] for name in self.ENVELOPE}
+        # The digest is the orchestrator's (identity only; the script never reads it), and a core
+        # script of a commit from before the field existed refuses fields it does not know.
+        envelope["code"] = {k: v for k, v in envelope["code"].items() if k != "source_digest"}
         out[META_CONFIG] = hocon.dumps({"kind": self.kind, "schema": SCHEMA_VERSION, "envelope": envelope})
         return out
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from automation.errors import StandardError
-from automation.specs.base import TaskSpec, volatile
+from automation.specs.base import TaskSpec, added_field, volatile
 from automation.specs.model_ref import ModelRef
 from automation.standards import Profile, inline_if_file, load_profile_model, profile_content
 
@@ -20,6 +20,7 @@ class BenchmarkSpec(TaskSpec):
     base_packages: ClassVar[tuple[str, ...]] = BENCHMARK_PACKAGES
     task_type: ClassVar[str] = "testing"
     accepted_hooks: ClassVar[frozenset[str]] = frozenset({"server_arg"})
+    max_run_s: ClassVar[float] = 4 * 3600.0  # a server start and a few profiles: hours only when stuck
 
     model: ModelRef = Field(description="model to serve: hf:org/name[@rev], a local path, clearml:<model id>")
     tokenizer: ModelRef | None = Field(None, description="tokenizer for GuideLLM's synthetic prompts "
@@ -34,6 +35,9 @@ class BenchmarkSpec(TaskSpec):
     max_error_fraction: float | None = Field(None, ge=0, le=1, description="fail the task when more requests "
                                                                            "error (default: the profile's)")
     seed: int = Field(42, ge=0, description="GuideLLM data seed")
+    repetitions: int = added_field(1, since="2026-12", ge=1, le=15,
+                                   description="runs of the profile against one server start (odd: each value "
+                                               "is their median, its spread kept as the gates' noise band)")
     startup_timeout_s: float = volatile(900.0, gt=0, description="deadline for the server to become ready")
     benchmark_timeout_s: float | None = volatile(None, gt=0, description="deadline for GuideLLM itself")
 
@@ -54,6 +58,13 @@ class BenchmarkSpec(TaskSpec):
         if isinstance(source, ModelRef) and source.has_tokenizer() is False:
             raise ValueError(f"{source.id} holds no tokenizer files; give `tokenizer` (GuideLLM needs one to "
                              "build its prompts)")
+        return value
+
+    @field_validator("repetitions")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"{value} repetitions have no middle run: give an odd number (e.g. {value + 1})")
         return value
 
     @field_validator("gpus")

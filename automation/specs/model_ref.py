@@ -93,6 +93,19 @@ class ModelRef(BaseModel):
             return None
         return data if isinstance(data, dict) else None
 
+    @property
+    def pinned(self) -> bool:
+        """A hub model at a full commit id (the only revision that cannot move)."""
+        return self.source == "hf" and bool(self.revision) and bool(_COMMIT.match(self.revision or ""))
+
+    def at_revision(self, commit: str) -> ModelRef:
+        return ModelRef(source=self.source, id=self.id, revision=commit)
+
+    def cached_commit(self) -> str | None:
+        """The commit the local hub cache holds for this model's revision (None when not cached)."""
+        directory = _hf_cache_dir(self.id, self.revision) if self.source == "hf" else None
+        return directory.name if directory is not None else None
+
     def has_tokenizer(self) -> bool | None:
         """True/False for a local directory; None when it cannot be known here."""
         directory = self.local_path()
@@ -132,6 +145,9 @@ def parse_model_ref(text: str) -> dict[str, Any]:
         return {"source": "hf", "id": ident, "revision": revision or None}
     # Neither a hub id nor an existing path: treat it as a path, which then fails naming it.
     return {"source": "path", "id": text}
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _hf_cache_dir(repo_id: str, revision: str | None) -> Path | None:

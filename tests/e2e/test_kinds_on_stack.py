@@ -94,7 +94,7 @@ def evals_and_fp8(stack: StackHandle, tiny: Path, compressed: dict[str, TaskResu
                         queue="gpu")
     r_fp8, r_base = run_all(fp8, base)
     bench = BenchmarkSpec(project=PROJECT, model=ModelRef.from_result(compressed["w8a8"]), profile="smoke",
-                          queue="cpu", startup_timeout_s=180)
+                          queue="cpu", startup_timeout_s=180, repetitions=3)
     r_w8a8, r_bench = run_all(w8a8, bench)
     return {"fp8_dynamic": ok(r_fp8), "base": ok(r_base), "w8a8": ok(r_w8a8), "bench": ok(r_bench)}
 
@@ -165,7 +165,12 @@ def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, Task
         for stat in ("median", "p90", "p99"):
             assert v[f"synchronous/{metric}/{stat}"].value > 0, (metric, stat)
     assert v["synchronous/requests_per_s"].value > 0 and v["synchronous/output_tokens_per_s"].value > 0
-    assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 6
+    # three runs against one server start: each value their median, its spread beside it; totals summed
+    assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 3 * 6
+    for name in ("synchronous/ttft_ms/median", "synchronous/output_tokens_per_s"):
+        assert v[f"{name}:spread"].value >= 0
+    result = json.loads(fetch_file(stack.env, bench.artifacts["benchmark_result"]).text)
+    assert result["repetitions"] == 3 and len(result["spreads"]) == len(result["benchmarks"])
     assert v["error_fraction"].value == 0
     assert {"server_log", "guidellm_report", "guidellm_report_html", "benchmark_result"} <= set(bench.artifacts)
     html = fetch_file(stack.env, bench.artifacts["guidellm_report_html"])

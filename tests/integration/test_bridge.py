@@ -143,7 +143,7 @@ def test_happy_path_concurrent_tasks(stack: StackHandle, api: AdminClient) -> No
     full = api.call("tasks.get_by_id", {"task": task["id"]})["task"]
     props = {k[len("phase."):]: float(v["value"]) for k, v in full["hyperparams"]["properties"].items()
              if k.startswith("phase.")}
-    assert set(props) == {"start", "imports_s", "sdk_init_s", "spec_read_s", "input_model_s", "work_s",
+    assert set(props) == {"start", "imports_s", "sdk_init_s", "spec_read_s", "env_s", "input_model_s", "work_s",
                           "upload_s", "flush_s", "end"}, props
     assert all(props[k] >= 0 for k in props), props
     assert props["work_s"] >= 1.0 and props["upload_s"] > 0 and props["input_model_s"] == 0, props
@@ -153,6 +153,21 @@ def test_happy_path_concurrent_tasks(stack: StackHandle, api: AdminClient) -> No
         (props, full["created"], full["completed"])
     in_process = sum(v for k, v in props.items() if k.endswith("_s"))
     assert in_process <= props["end"] - props["start"] + 0.5, props
+
+    # What the task ran with, recorded by the runtime at its start (`env.*`), read back with the
+    # result: the interpreter, every distribution the task declares, the key ML libraries, the queue.
+    import platform
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = results[0].environment
+    print(f"\n[measure] env_s {props['env_s']:.3f} s; environment {env}")
+    assert env["python"] == platform.python_version() and env["queue"] == specs[0].queue, env
+    assert all(env[canonicalize_name(Requirement(r).name)] == version(Requirement(r).name)
+               for r in specs[0].task_requirements()), env
+    assert env["torch"] == version("torch") and env["torch_cuda"] and env["worker"], env
 
     # Prefect side: a link artifact per task pointing at the ClearML task page.
     links = asyncio.run(_links(flow_run_id))
@@ -225,6 +240,27 @@ async def _links(flow_run_id: str) -> list[str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)])),
             task_run_filter=TaskRunFilter(), limit=100, offset=0, sort=ArtifactSort.KEY_ASC)
     return [str(a.data).split("](")[1].rstrip(")") for a in arts if str(a.data).startswith("[ClearML task")]
+
+
+# -- the environment a task runs in contradicts a pin it declares -------------------------------
+def test_a_pin_the_environment_contradicts_fails_as_infrastructure(stack: StackHandle, api: AdminClient) -> None:
+    """The local agents skip installs, so the task runs with this checkout's psutil: the script
+    fails it before the work with one line naming both versions, typed as an infrastructure failure."""
+    from importlib.metadata import version
+
+    from automation.errors import InfrastructureError
+
+    spec = DebugSpec(queue="cpu", sleep_s=0.1, steps=1, packages=("psutil==0.0.1",), salt=f"pin-{RUN}")
+    with pytest.raises(InfrastructureError) as info:
+        asyncio.run(execute(spec, max_wait_s=120))
+    line = (f"environment: psutil==0.0.1 declared but {version('psutil')} is installed (the agent's environment "
+            "does not match the task; rebuild it or change the pin)")
+    print(f"\n[pin mismatch] {str(info.value).splitlines()[0]}")
+    assert line in info.value.log_tail, info.value.log_tail
+    tasks = by_identity(api, spec)
+    assert [t["status"] for t in tasks] == ["failed"]
+    props = {k: v["value"] for k, v in tasks[0]["hyperparams"]["properties"].items()}
+    assert props["env.psutil"] == version("psutil") and not any(k.startswith("phase.") for k in props), props
 
 
 # -- 8. unchanged flow twice ------------------------------------------------------------------

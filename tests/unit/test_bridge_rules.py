@@ -1,10 +1,12 @@
 """The bridge's pure decisions: which queue a new attempt goes to, when a finished task is fresh
-enough to reuse, what Prefect retries, and which of two concurrent duplicates survives."""
+enough to reuse, what Prefect retries, which of two concurrent duplicates survives, and when a
+step's time limits run out."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from automation.errors import (
     ApiCallError,
     BackendUnavailable,
     CodeError,
+    FlowInputError,
     InfrastructureError,
     OutOfMemoryError,
     QueueNotFound,
@@ -25,7 +28,15 @@ from automation.errors import (
 )
 from automation.results import TaskResult
 from automation.specs.debug import DebugSpec
-from flows.bridge import DUPLICATE_REASON, _choose_queue, _defer_to_older, _fresh, _retry_condition
+from flows.bridge import (
+    DUPLICATE_REASON,
+    _choose_queue,
+    _defer_to_older,
+    _fresh,
+    _retry_condition,
+    _StepLimits,
+    execute,
+)
 
 OOM_TAIL = ["Traceback (most recent call last):", "torch.OutOfMemoryError: CUDA out of memory."]
 CODE_TAIL = ["Traceback (most recent call last):", "RuntimeError: boom"]
@@ -156,6 +167,7 @@ ERR = ("t1", "http://web/t1", "failed", "msg", ["line"])
         (OutOfMemoryError(*ERR, queue="a", next_queue="b"), True),
         (OutOfMemoryError(*ERR, queue="c", next_queue=None), False),
         (TaskTimeout(*ERR), False),
+        (TaskTimeout(*ERR, queue="a", phase="run"), False),  # a step that hung would hang again
         (ServerUnreachable("http://api unreachable"), False),
         (QueueNotFound("no queue"), False),
         (ApiCallError("tasks.create", 400, 12, "bad"), False),
@@ -219,3 +231,59 @@ def test_older_draft_is_adopted() -> None:
     history = [rec("t1", "created", "a", created=_iso(2)), rec("t2", "queued", "a", created=_iso(1))]
     out, client = defer(history)
     assert out == ("t1", "a") and client.enqueued == [("t1", "a")] and client.stopped == ["t2"]
+
+
+# -- step time limits (max_queue_s, max_run_s, max_wait_s) ----------------------------------------
+def limited(limits: _StepLimits, *steps: tuple[float, TaskRecord]) -> float:
+    """Feed `limits` records (each after a pause) as the poller would, then wait until its deadline
+    passes; the seconds until it did."""
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        with pytest.raises(TimeoutError):
+            async with limits.applied():
+                for pause, record in steps:
+                    await asyncio.sleep(pause)
+                    limits.observe(record)
+                await asyncio.sleep(30)
+        return loop.time() - begun
+    return asyncio.run(scenario())
+
+
+def test_queue_limit_runs_out_while_queued() -> None:
+    limits = _StepLimits(None, max_queue_s=0.2, max_run_s=None)
+    assert 0.2 <= limited(limits, (0, R({"status": "queued"}))) < 1.5
+    assert limits.phase == "queue" and limits.due == "max_queue_s"
+    reason, message = limits.explain("gpu")
+    assert "waited more than 0.2 s in queue 'gpu'" in message and "max_queue_s" in message
+    assert "agents serving 'gpu'" in message and "max_queue_s" in reason
+
+
+def test_queue_limit_ends_when_the_task_starts_and_the_run_limit_counts_from_then() -> None:
+    limits = _StepLimits(None, max_queue_s=0.3, max_run_s=0.4)
+    # a start seen later than the first record is timed from when it is seen, not from `started`
+    running = R({"status": "in_progress", "started": _iso(60)})
+    assert 0.6 <= limited(limits, (0, R({"status": "queued"})), (0.2, running)) < 2.0
+    assert limits.phase == "run" and limits.due == "max_run_s"
+    assert "ran more than 0.4 s" in limits.explain("gpu")[1]
+
+
+def test_attaching_to_a_running_task_counts_from_its_started_time() -> None:
+    limits = _StepLimits(None, max_queue_s=None, max_run_s=5)
+    assert limited(limits, (0, R({"status": "in_progress", "started": _iso(10)}))) < 1.0
+    assert limits.phase == "run" and limits.due == "max_run_s"
+
+
+def test_max_wait_still_bounds_the_whole_wait() -> None:
+    limits = _StepLimits(0.2, max_queue_s=10, max_run_s=10)
+    assert 0.2 <= limited(limits, (0, R({"status": "queued"}))) < 1.5
+    assert limits.phase == "queue" and limits.due == "max_wait_s"
+    assert limits.explain("gpu")[1] == "did not finish within 0.2 s"
+
+
+@pytest.mark.parametrize("name", ["max_queue_s", "max_run_s", "max_wait_s"])
+@pytest.mark.parametrize("value", [0, -1.0, math.nan])
+def test_non_positive_limits_fail_before_anything_is_created(name: str, value: float) -> None:
+    with pytest.raises(FlowInputError, match=f"^{name}: must be a positive number of seconds") as info:
+        asyncio.run(execute(SPEC, **{name: value}))  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

@@ -123,6 +123,104 @@ def test_task_submit_pins_a_branch_to_its_commit(upstream: tuple[Path, str]) -> 
     bare, head = upstream
     res = CliRunner().invoke(app, ["task", "submit", "debug", "--code", f"file://{bare}@main", "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["code"] == {"repository": f"file://{bare}", "commit": head, "working_dir": "."}
+    assert json.loads(res.output)["code"] == {"repository": f"file://{bare}", "commit": head, "working_dir": ".",
+                                              "source_digest": None}
     res = CliRunner().invoke(app, ["task", "submit", "debug", f"--code=file://{bare}@gone", "--dry-run"])
     assert res.exit_code == 2 and "no branch or tag 'gone'" in res.output
+
+
+# -- which files a kind runs: the identity covers them, not the commit --------------------------------
+def _package(root: Path) -> None:
+    """A miniature product: two kinds sharing a runtime, each with its own core module."""
+    files = {
+        "automation/__init__.py": "",
+        "automation/scripts/__init__.py": "",
+        "automation/scripts/runtime.py": "import json\n",
+        "automation/scripts/lib/__init__.py": "",
+        "automation/scripts/lib/compress_core.py": "def compress():\n    return 1\n",
+        "automation/scripts/lib/evaluate_core.py": "X = 1\n",
+        "automation/scripts/compress.py": ("from automation.scripts.runtime import json\n"
+                                           "def main():\n    from .lib import compress_core\n"),
+        "automation/scripts/evaluate.py": "import automation.scripts.lib.evaluate_core\nimport torch\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+KINDS = {"compress": "automation.scripts.compress", "evaluate": "automation.scripts.evaluate"}
+
+
+def test_a_kinds_files_are_its_module_and_what_it_imports_of_the_product(tmp_path: Path) -> None:
+    from automation.regression.code_pin import source_files, worktree_reader
+
+    _package(tmp_path)
+    compress = set(source_files(KINDS["compress"], worktree_reader(tmp_path)))
+    evaluate = set(source_files(KINDS["evaluate"], worktree_reader(tmp_path)))
+    shared = {"automation/__init__.py", "automation/scripts/__init__.py", "automation/scripts/lib/__init__.py"}
+    assert compress == shared | {"automation/scripts/compress.py", "automation/scripts/runtime.py",
+                                 "automation/scripts/lib/compress_core.py"}  # a lazy relative import too
+    assert evaluate == shared | {"automation/scripts/evaluate.py", "automation/scripts/lib/evaluate_core.py"}
+    # this product's real kinds: the compress core is the compress kind's alone
+    real = worktree_reader(Path(__file__).resolve().parents[2])
+    assert "automation/scripts/lib/compress_core.py" in source_files("automation.scripts.compress", real)
+    assert "automation/scripts/lib/compress_core.py" not in source_files("automation.scripts.evaluate", real)
+
+
+def test_a_commit_that_changes_one_core_script_moves_that_kinds_identity_only(tmp_path: Path) -> None:
+    from automation.regression.code_pin import with_source_digests
+    from automation.specs.compress import CompressSpec
+    from automation.specs.evaluate import EvaluateSpec
+
+    work = tmp_path / "work"
+    work.mkdir()
+    _git(work, "init", "--quiet", "--initial-branch=main")
+    _package(work)
+    _git(work, "add", "-A")
+    _git(work, "commit", "--quiet", "-m", "A")
+    a = _git(work, "rev-parse", "HEAD")
+    (work / "automation/scripts/lib/compress_core.py").write_text("def compress():\n    return 2\n")
+    (work / "README").write_text("docs only\n")
+    _git(work, "add", "-A")
+    _git(work, "commit", "--quiet", "-m", "B")
+    b = _git(work, "rev-parse", "HEAD")
+    url = f"file://{work}"
+    at_a = with_source_digests(CodeRef(repository=url, commit=a), KINDS, checkout=tmp_path / "nowhere")
+    at_b = with_source_digests(CodeRef(repository=url, commit=b), KINDS, checkout=tmp_path / "nowhere")
+    assert at_a["compress"].source_digest and at_a["evaluate"].source_digest
+    assert at_a["compress"].source_digest != at_b["compress"].source_digest
+    assert at_a["evaluate"].source_digest == at_b["evaluate"].source_digest
+    model = "hf:org/m@" + SHA
+
+    def ids(codes: dict[str, CodeRef]) -> tuple[str, str]:
+        return (CompressSpec(model=model, recipe="w4a16", code=codes["compress"]).identity(),
+                EvaluateSpec(model=model, suite="tiny", code=codes["evaluate"]).identity())
+
+    assert ids(at_a)[0] != ids(at_b)[0] and ids(at_a)[1] == ids(at_b)[1]
+    # the same files from a fork, or from the working tree, are the same work
+    fork = {k: v.model_copy(update={"repository": "https://fork.example/r.git"}) for k, v in at_a.items()}
+    assert ids(fork) == ids(at_a)
+    tree = with_source_digests(CodeRef(), KINDS, checkout=work)
+    assert tree["compress"].source_digest == at_b["compress"].source_digest
+
+
+def test_code_this_host_cannot_read_keeps_the_commit_in_the_identity(tmp_path: Path) -> None:
+    from automation.regression.code_pin import with_source_digests
+    from automation.specs.debug import DebugSpec
+
+    remote = CodeRef(repository="https://git.example/org/automation.git", commit=SHA)
+    codes = with_source_digests(remote, KINDS, checkout=tmp_path)
+    assert codes["compress"] == remote and codes["compress"].source_digest is None
+    other = CodeRef(repository=remote.repository, commit="f" * 40)
+    assert DebugSpec(code=remote).identity() != DebugSpec(code=other).identity()
+
+
+def test_the_digest_stays_on_the_orchestrator_side() -> None:
+    """A core script of a commit from before the field existed refuses unknown fields: the task's
+    envelope must not carry it."""
+    from automation.specs.debug import DebugSpec
+
+    spec = DebugSpec(code=CodeRef(repository="https://git.example/r.git", commit=SHA, source_digest="a" * 32))
+    envelope = spec.to_configuration()["automation_spec"]
+    assert "source_digest" not in envelope and SHA in envelope
+    assert spec.environment()["code_files"] == "a" * 32 and spec.environment()["code"] == "https://git.example/r.git"

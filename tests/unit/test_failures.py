@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from automation.clearml.client import ClearMLBackend
-from automation.clearml.failures import FailureKind, classify, install_error
+from automation.clearml.failures import FailureKind, classify, environment_error, install_error
 from automation.clearml.settings import ClearMLSettings
 from automation.errors import BackendUnavailable, CodeError, InfrastructureError, OutOfMemoryError, ServerUnreachable
 
@@ -30,6 +30,13 @@ def test_the_pip_error_is_what_an_install_failure_says() -> None:
     assert install_error(["ValueError: Could not install task requirements!"]) == \
         "ValueError: Could not install task requirements!"
     assert install_error(TRACEBACK) is None
+
+
+def test_the_scripts_line_is_what_an_environment_mismatch_says() -> None:
+    line = ("environment: llmcompressor==0.14.0 declared but 0.13.1 is installed (the agent's environment does not "
+            "match the task; rebuild it or change the pin)")
+    assert environment_error(["Starting Task Execution:", line, "Process failed, exit code 1"]) == line
+    assert environment_error([*TRACEBACK, *PIP_FAILURE]) is None
 
 
 @pytest.mark.parametrize(
@@ -50,6 +57,11 @@ def test_the_pip_error_is_what_an_install_failure_says() -> None:
         # the agent could not build the environment: pip's error, then the agent's own traceback
         ("failed", "Changed by clearml-agent venv-1", "", [*PIP_FAILURE, *TRACEBACK[:-1],
                                                            "ValueError: Could not install task requirements!"],
+         FailureKind.INFRASTRUCTURE),
+        # the core script found a declared pin the agent's environment contradicts (runtime.py)
+        ("failed", "Changed by clearml-agent local-gpu", "",
+         ["environment: llmcompressor==0.14.0 declared but 0.13.1 is installed (the agent's environment does not "
+          "match the task; rebuild it or change the pin)", "Process failed, exit code 1"],
          FailureKind.INFRASTRUCTURE),
     ],
 )

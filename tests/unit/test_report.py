@@ -91,7 +91,7 @@ def test_markdown_joins_accuracy_and_performance_with_outcomes_and_links(report:
 def test_markdown_details_hold_every_decision_failure_and_value(report: Report) -> None:
     md = render_markdown(report)
     w8 = md.split("## tiny-llama | w8a8 | tiny | smoke: FAIL")[1].split("\n## ")[0]
-    assert "| tiny/acc | 0.8 | 0.4 | 0.5 | [0.4755, 0.5245] | 0.95 | FAIL |" in w8
+    assert "| tiny/acc | 0.8 | 0.4 | 0.5 | [0.4755, 0.5245] | 0.95 | - | FAIL |" in w8
     assert "| synchronous/output_tokens_per_s | higher | 50 | 25 | -50.0% | 10% | yes | FAIL |" in w8
     assert "| synchronous/ttft_ms/p99 | lower | 180 | 90 | +50.0% | 25% | observe | PASS |" in w8
     assert "| tiny_ppl/word_perplexity | 30 | - | - |" in w8  # the full per-metric detail

@@ -40,7 +40,10 @@ def test_the_task_carries_the_pinned_code_and_its_container() -> None:
     assert body["container"] == {"image": "registry.example/llm:cuda12-py311",
                                  "arguments": "--shm-size=16g --ipc=host", "setup_shell_script": ""}
     assert DebugSpec().identity() != DebugSpec(code=spec.code).identity()  # the commit is identity
-    assert DebugSpec().identity() == DebugSpec(docker_image="x").identity()  # where it runs is not
+    # the image decides CUDA, torch and vLLM: in the identity when set, and only then
+    assert DebugSpec().identity() != DebugSpec(docker_image="x").identity()
+    assert DebugSpec().identity() == DebugSpec(docker_image=None).identity()
+    assert DebugSpec().identity() == DebugSpec(docker_args="--ipc=host").identity()  # how it is started is not
 
 
 def test_a_package_pin_that_fights_the_core_runtime_is_refused_at_validation() -> None:

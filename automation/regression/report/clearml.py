@@ -115,7 +115,20 @@ def plotly_figures(report: Report) -> dict[str, dict[str, Any]]:
         "layout": {"title": "latency vs throughput (lightest load)", "xaxis": {"title": "output tokens/s"},
                    "yaxis": {"title": "TTFT median (ms)"}},
     }
-    return {"recovery": recovery, "latency vs throughput": scatter}
+    figures: dict[str, dict[str, Any]] = {"recovery": recovery, "latency vs throughput": scatter}
+    for name, attr, axis in (("trend: recovery", "recovery", "recovery (min over gated metrics)"),
+                             ("trend: throughput", "throughput", "output tokens/s (lightest load)")):
+        data = []
+        for cell in report.cells:
+            points = [(p.created.isoformat(), getattr(p, attr)) for p in report.trend_series.get(cell.key, [])]
+            points = [(x, y) for x, y in points if y is not None]
+            if len(points) >= 2:
+                data.append({"type": "scatter", "mode": "lines+markers", "name": cell_label(cell),
+                             "x": [x for x, _ in points], "y": [y for _, y in points]})
+        if data:
+            figures[name] = {"data": data, "layout": {"title": f"{name} across the runs of series {report.series}",
+                                                      "xaxis": {"title": "run"}, "yaxis": {"title": axis}}}
+    return figures
 
 
 def _plot_events(task_id: str, report: Report) -> list[dict[str, Any]]:

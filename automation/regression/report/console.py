@@ -36,10 +36,12 @@ def render_console(report: Report) -> Group:
         decisions.add_column(header)
     for cell in report.cells:
         label = cell_label(cell)
-        for a in cell.accuracy_gates:
-            decisions.add_row(label, "base", a.metric, fmt(a.base.value if a.base else None),
-                              fmt(a.candidate.value if a.candidate else None), fmt(a.recovery),
-                              interval(a.low, a.high), outcome_word(a.outcome))
+        for vs, acc in (("base", cell.accuracy_gates), ("accepted", cell.accepted_accuracy_gates)):
+            for a in acc:
+                flips = f" ({a.paired.right_to_wrong} R->W, {a.paired.wrong_to_right} W->R)" if a.paired else ""
+                decisions.add_row(label, vs, a.metric, fmt(a.base.value if a.base else None),
+                                  fmt(a.candidate.value if a.candidate else None), fmt(a.recovery) + flips,
+                                  interval(a.low, a.high), outcome_word(a.outcome))
         for vs, perf in (("base", cell.performance_gates), ("accepted", cell.accepted_gates)):
             for p in perf:
                 if p.gating:  # observation-only changes: the summary's deltas and the markdown

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from automation.regression.gates import PerformanceDecision
+from automation.regression.gates import AccuracyDecision, PerformanceDecision
 from automation.regression.report.format import (
     fmt,
     fmt_change,
@@ -83,6 +83,22 @@ def _md_perf_decisions(title: str, decisions: Sequence[PerformanceDecision], ref
 
 
 
+def _md_acc_decisions(title: str, decisions: Sequence[AccuracyDecision], reference: str) -> str:
+    rows = [[d.metric, fmt(d.base.value if d.base else None), fmt(d.candidate.value if d.candidate else None),
+             fmt(d.recovery), interval(d.low, d.high), fmt(d.threshold),
+             f"{d.paired.right_to_wrong} / {d.paired.wrong_to_right}" if d.paired else "-",
+             outcome_word(d.outcome), d.reason] for d in decisions]
+    headers = ["Metric", reference, "Value", "Recovery", "Interval", "Threshold", "Flips R->W / W->R", "Outcome",
+               "Reason"]
+    return f"### {title}\n\n" + md_table(headers, rows)
+
+
+def _md_flips(decisions: Sequence[AccuracyDecision]) -> str:
+    rows = [[d.metric, example] for d in decisions if d.paired for example in d.paired.examples]
+    return "### Flipped examples (right under base, wrong compressed)\n\n" + md_table(["Metric", "Example"], rows) \
+        if rows else ""
+
+
 def _md_cell(cell: ReportCell) -> str:
     head = (f"## {short_model(cell.model)} | {cell.scheme} | {cell.suite} | {cell.profile}: "
             f"{outcome_word(cell.outcome)}")
@@ -93,19 +109,29 @@ def _md_cell(cell: ReportCell) -> str:
         facts.append(f"output model `{cell.output_model_id}`")
     parts = [head, " | ".join(facts)]
     if cell.failures:
-        rows = [[f.step, f.error, _md_link(f.task_id or "-", f.web_url)] for f in cell.failures]
+        rows = [[f.step + (f" (timeout: {f.timeout})" if f.timeout else ""), f.error,
+                 _md_link(f.task_id or "-", f.web_url)] for f in cell.failures]
         parts.append("### Failures\n\n" + md_table(["Step", "Error", "Task"], rows))
     if cell.accuracy_gates:
-        rows = [[d.metric, fmt(d.base.value if d.base else None), fmt(d.candidate.value if d.candidate else None),
-                 fmt(d.recovery), interval(d.low, d.high), fmt(d.threshold), outcome_word(d.outcome), d.reason]
-                for d in cell.accuracy_gates]
-        headers = ["Metric", "Base", "Value", "Recovery", "Interval", "Threshold", "Outcome", "Reason"]
-        parts.append("### Accuracy gates (vs base)\n\n" + md_table(headers, rows))
+        parts.append(_md_acc_decisions("Accuracy gates (vs base)", cell.accuracy_gates, "Base"))
+        flipped = _md_flips(cell.accuracy_gates)
+        if flipped:
+            parts.append(flipped)
+    if cell.accepted_accuracy_gates:
+        note = " (not gating: the base model moved too, see Stack changes)" if cell.stack_changed else ""
+        parts.append(_md_acc_decisions(f"Accuracy vs accepted run (report {cell.accepted_from or '?'}){note}",
+                                       cell.accepted_accuracy_gates, "Accepted"))
     if cell.performance_gates:
         parts.append(_md_perf_decisions("Performance vs base", cell.performance_gates, "Base"))
     if cell.accepted_gates:
         parts.append(_md_perf_decisions(f"Performance vs accepted run (report {cell.accepted_from or '?'})",
                                         cell.accepted_gates, "Accepted"))
+    for title, changes in ((f"What changed vs accepted run (report {cell.accepted_from or '?'})",
+                            cell.changes_vs_accepted),
+                           (f"What changed vs previous run (report {cell.trend_from or '?'})",
+                            cell.changes_vs_previous)):
+        if changes:
+            parts.append(f"### {title}\n\n" + "\n".join(f"- `{_md_escape(c)}`" for c in changes))
     if cell.trend:
         rows = [[name, fmt(_current_value(cell, name)), fmt_change(change)]
                 for name, change in sorted(cell.trend.items())]
@@ -145,7 +171,12 @@ def _md_settings(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     """The whole report as plain markdown: header, joined summary table, per-cell details, settings."""
-    parts = [_md_header(report), _md_summary(report), "# Details", *(_md_cell(c) for c in report.cells),
+    stack = ("## Stack changes\n\nThe base model's own scores moved from its accepted run: the evaluation or serving "
+             "stack changed, not the compression. Comparisons with accepted runs do not gate these cells.\n\n"
+             + "\n".join(f"- {_md_escape(c)}" for c in report.stack_changes)) if report.stack_changes else ""
+    unread = (f"**Not compared with the accepted baselines or the previous run** (their gates did not run): "
+              f"{_md_escape(report.history_error)}") if report.history_error else ""
+    parts = [_md_header(report), unread, stack, _md_summary(report), "# Details", *(_md_cell(c) for c in report.cells),
              _md_settings(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
 

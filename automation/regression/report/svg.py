@@ -131,6 +131,53 @@ def _scatter_panel(report: Report, top: float, colors: Mapping[str, str]) -> str
     return "".join(out)
 
 
+def trend_lines(report: Report) -> list[tuple[ReportCell, list[tuple[str, float]]]]:
+    """Per compressed cell with at least two runs in its series: (run date, min recovery) points."""
+    out = []
+    for cell in report.cells:
+        points = [(f"{p.created:%m-%d %H:%M}", p.recovery) for p in report.trend_series.get(cell.key, [])]
+        kept = [(label, value) for label, value in points if value is not None]
+        if cell.scheme != BASE_SCHEME and len(kept) >= 2:
+            out.append((cell, kept))
+    return out
+
+
+def _trend_panel(report: Report, top: float, colors: Mapping[str, str]) -> str:
+    out = [_text(SVG_WIDTH / 2, top + 24, "Recovery (min over gated metrics) across the runs of the series", 14,
+                 "middle", ' font-weight="bold"')]
+    lines = trend_lines(report)
+    if not lines:
+        return "".join(out) + _text(SVG_WIDTH / 2, top + _PANEL_H / 2, "fewer than two runs in the series", 12,
+                                    "middle")
+    values = [v for _, pts in lines for _, v in pts]
+    lo = math.floor(min([*values, 0.85]) * 20 - 1) / 20
+    hi = math.ceil(max([*values, 1.0]) * 20 + 0.5) / 20
+    runs = max(len(pts) for _, pts in lines)
+    x0, x1 = _MARGIN["left"], SVG_WIDTH - _MARGIN["right"]
+    y0, y1 = top + _MARGIN["top"], top + _PANEL_H - _MARGIN["bottom"]
+
+    def y_of(v: float) -> float:
+        return y1 - (v - lo) / (hi - lo) * (y1 - y0)
+
+    def x_of(i: int, n: int) -> float:  # the last point of every line is this run: align them at the right
+        return x1 - (n - 1 - i) * (x1 - x0) / max(runs - 1, 1)
+
+    out.append(_axes(x0, x1, y0, y1, [(y_of(t), f"{t:.2f}") for t in _ticks(lo, hi)], "recovery"))
+    longest = max(lines, key=lambda line: len(line[1]))[1]
+    for i, (label, _) in enumerate(longest):
+        x = x_of(i, len(longest))
+        out.append(_text(x, y1 + 14, label, 10, "end", f' transform="rotate(-25 {x:.1f} {y1 + 14:.1f})"'))
+    for cell, pts in lines:
+        color = colors.get(cell.scheme, BASE_COLOR)
+        xy = [(x_of(i, len(pts)), y_of(v)) for i, (_, v) in enumerate(pts)]
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                   + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
+        for (x, y), (label, v) in zip(xy, pts, strict=True):
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
+                       f"<title>{escape(f'{cell_label(cell)} {label}: {v:.4f}')}</title></circle>")
+    return "".join(out)
+
+
 def _legend(colors: Mapping[str, str], y: float) -> str:
     out = []
     x = float(_MARGIN["left"])
@@ -142,9 +189,11 @@ def _legend(colors: Mapping[str, str], y: float) -> str:
 
 
 def plot_svg(report: Report) -> str:
-    """Recovery bars per metric and scheme (with the threshold) above a TTFT vs throughput scatter."""
+    """Recovery bars per metric and scheme (with the threshold) above a TTFT vs throughput scatter,
+    and, when the series has earlier runs, the recovery of each cell across them."""
     colors = scheme_colors(report)
-    height = 2 * _PANEL_H + 70
+    trend = bool(trend_lines(report))
+    height = (3 if trend else 2) * _PANEL_H + 70
     body = [
         '<rect width="100%" height="100%" fill="white"/>',
         _text(SVG_WIDTH / 2, 22, f"{report.title} ({report.created:%Y-%m-%d %H:%M})", 15, "middle",
@@ -152,6 +201,7 @@ def plot_svg(report: Report) -> str:
         _legend(colors, 44),
         _recovery_panel(report, 50, colors),
         _scatter_panel(report, 50 + _PANEL_H, colors),
+        _trend_panel(report, 50 + 2 * _PANEL_H, colors) if trend else "",
     ]
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height}" '
             f'viewBox="0 0 {SVG_WIDTH} {height}" font-family="sans-serif" role="img" '

@@ -138,6 +138,48 @@ def write_full_results(results: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(_finite(json.loads(text)), indent=2, ensure_ascii=False))
 
 
+SAMPLES_VERSION = 1
+_EXAMPLE_CHARS = 160
+
+
+def _doc_key(sample: dict[str, Any]) -> str:
+    # lm-eval's hash of the document: the same question under both models whatever the order
+    return str(sample.get("doc_hash") or f"doc-{sample.get('doc_id')}")
+
+
+def _response(responses: list[Any]) -> str:
+    """A model's answer, short: the generated text, or for a multiple-choice task (one
+    (log-likelihood, is-greedy) pair per choice) the index of the likeliest choice."""
+    if len(responses) > 1 and all(isinstance(r, list | tuple) and r and isinstance(r[0], int | float)
+                                  for r in responses):
+        return f"choice {max(range(len(responses)), key=lambda i: float(responses[i][0]))}"
+    return str(responses[0] if len(responses) == 1 else responses)[:_EXAMPLE_CHARS]
+
+
+def per_sample(results: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's logged samples reduced to what a paired comparison needs: per task and metric
+    (named as the single values are: `metric`, or `metric,filter` for a filter other than
+    "none"), each document's score; and per document a short target and response, to show flipped
+    examples. Scores that are not plain numbers (perplexity's (loglik, length) pairs) are left out."""
+    tasks: dict[str, dict[str, dict[str, float]]] = {}
+    examples: dict[str, dict[str, dict[str, str]]] = {}
+    for task, samples in (results.get("samples") or {}).items():
+        scores = tasks.setdefault(task, {})
+        for sample in samples:
+            key = _doc_key(sample)
+            filt = str(sample.get("filter") or "none")
+            for metric in sample.get("metrics") or []:
+                value = sample.get(metric)
+                if isinstance(value, bool | int | float) and math.isfinite(float(value)):
+                    name = metric if filt == "none" else f"{metric},{filt}"
+                    scores.setdefault(name, {})[key] = float(value)
+            examples.setdefault(task, {})[key] = {"target": str(sample.get("target"))[:_EXAMPLE_CHARS],
+                                                  "response": _response(sample.get("filtered_resps") or [])}
+        if not scores:
+            tasks.pop(task)
+    return {"version": SAMPLES_VERSION, "tasks": tasks, "examples": {t: examples[t] for t in tasks}}
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -183,6 +225,7 @@ def evaluate(
     seed: int = 0,
     task_fewshot: dict[str, int | None] | None = None,
     full_results_path: Path | None = None,
+    samples_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` and return a small summary.
 
@@ -193,7 +236,8 @@ def evaluate(
     task); `num_fewshot`, when given, applies to all. Tasks are run in one `simple_evaluate` per
     distinct few-shot count, sharing one loaded model.
     With `full_results_path`, lm-eval's whole results dict (configs, versions, n-shot,
-    higher_is_better, ...; no per-sample outputs) is written there as JSON.
+    higher_is_better, ...; no per-sample outputs) is written there as JSON; with `samples_path`,
+    the per-document scores (`per_sample`) are.
     """
     from automation.standards import tasks_are_local, tasks_defined_in
 
@@ -234,7 +278,7 @@ def evaluate(
                 batch_size=batch_size,
                 device=device,
                 task_manager=manager,
-                log_samples=False,
+                log_samples=samples_path is not None,
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
@@ -249,6 +293,8 @@ def evaluate(
                     results.setdefault(key, value)
     if full_results_path is not None:
         write_full_results(results, Path(full_results_path))
+    if samples_path is not None:
+        write_json(Path(samples_path), per_sample(results))
     summary = summarise(results)
     summary.update(
         {
