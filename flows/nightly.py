@@ -19,9 +19,9 @@ from automation.regression.plan import BenchmarkOptions, CompressionOptions, Eva
 from automation.regression.report_model import Report
 from automation.regression.settings import SizeRule, settings
 from flows.bridge import BRIDGE_FLOW_HOOKS, ensure_queue_limits
-from flows.compress_evaluate_benchmark import FailOn, _summary
+from flows.compress_evaluate_benchmark import FailOn, Prepared, _summary
 from flows.run import finish_run, run_and_join
-from flows.sweep import prepare
+from flows.sweep import prepare as prepare_sweep
 
 NIGHTLY_SERIES = "nightly"
 
@@ -84,12 +84,7 @@ async def nightly_regression(
         publish: publish the report
         fail_on: "regression" (default: failed gates fail the run), "error", or "never"
     """
-    matrix = settings().nightly_matrix
-    parameters: dict[str, Any] = {**locals(), "models": models or matrix.models, "schemes": schemes or matrix.schemes,
-                                  "suites": suites or matrix.suites, "profile": profile or matrix.profile}
-    parameters.pop("matrix")
-    if not parameters["models"]:
-        raise FlowInputError("models: none given and settings AUTOMATION_NIGHTLY_MATRIX lists none")
+    parameters = with_matrix(dict(locals()))
     prep, caps = prepare(**parameters)
     get_run_logger().info("nightly: %s x %s on %s / %s (series %r)", parameters["models"], parameters["schemes"],
                           parameters["suites"], parameters["profile"], series)
@@ -101,6 +96,23 @@ async def nightly_regression(
         flow_name="nightly-regression", accuracy=prep.accuracy, performance=prep.performance, project=prep.project,
         compare_history=True, publish=publish, fail_on=fail_on, queues=prep.plan.queues,
         parameters=_summary(parameters), code=prep.plan.code)
+
+
+def with_matrix(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters with the configured matrix where models / schemes / suites / profile are empty."""
+    matrix = settings().nightly_matrix
+    out = {**parameters, "models": parameters.get("models") or matrix.models,
+           "schemes": parameters.get("schemes") or matrix.schemes, "suites": parameters.get("suites") or matrix.suites,
+           "profile": parameters.get("profile") or matrix.profile}
+    if not out["models"]:
+        raise FlowInputError("models: none given and settings AUTOMATION_NIGHTLY_MATRIX lists none")
+    return out
+
+
+def prepare(**parameters: Any) -> tuple[Prepared, dict[str, int]]:
+    """The nightly's validation and planning (the sweep's, over the configured matrix), callable on
+    its own: `automation run nightly-regression` checks input this way before a flow run exists."""
+    return prepare_sweep(**with_matrix(parameters))
 
 
 def run_sync(**parameters: Any) -> Report:

@@ -63,6 +63,7 @@ ObservePerf = Annotated[bool, typer.Option("--observe-performance", help="Report
 FLOWS: dict[str, tuple[str, str]] = {
     "compress-evaluate-benchmark": ("flows.compress_evaluate_benchmark", "compress_evaluate_benchmark"),
     "sweep": ("flows.sweep", "sweep"),
+    "nightly-regression": ("flows.nightly", "nightly_regression"),
 }
 
 

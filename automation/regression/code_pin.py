@@ -226,16 +226,30 @@ def _under(prefix: str, read: Reader) -> Reader:
     return lambda path: read(prefix + path)
 
 
-def with_source_digests(code: CodeRef, modules: Mapping[str, str], checkout: Path | None = None,
+def _module_path(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def kind_digests(read: Reader, kinds: Mapping[str, str]) -> dict[str, str | None]:
+    """The digest of each kind's own files (kind -> script module; None when none are found).
+    The other kinds' spec modules are left out: the runtime imports every kind (the registry, to
+    read a task's spec), but one kind's pins or fields never change another's output, so bumping
+    the compress kind's llm-compressor pin recomputes compressions only."""
+    from automation.specs.registry import KINDS
+
+    out: dict[str, str | None] = {}
+    for kind, module in kinds.items():
+        foreign = {_module_path(cls.__module__) for name, cls in KINDS.items() if name != kind}
+        files = {path: data for path, data in source_files(module, read).items() if path not in foreign}
+        out[kind] = digest_files(files) if files else None
+    return out
+
+
+def with_source_digests(code: CodeRef, kinds: Mapping[str, str], checkout: Path | None = None,
                         ) -> dict[str, CodeRef]:
     """`code` per kind (kind -> script module), each with the digest of the kind's own files
-    where they can be read, else as given."""
+    (`kind_digests`) where this host can read them, else as given."""
     reader = code_reader(code, checkout)
-    if reader is None:
-        return dict.fromkeys(modules, code)
-    out = {}
-    for kind, module in modules.items():
-        files = source_files(module, reader)
-        out[kind] = CodeRef.model_validate({**code.model_dump(), "source_digest": digest_files(files)}) \
-            if files else code
-    return out
+    digests = kind_digests(reader, kinds) if reader is not None else {}
+    return {kind: CodeRef.model_validate({**code.model_dump(), "source_digest": digests[kind]})
+            if digests.get(kind) else code for kind in kinds}

@@ -4,6 +4,7 @@ without it the stack is gone and `automation local up` brings the run back."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,12 @@ def test_demo_keep_leaves_what_it_printed_live_and_local_up_brings_it_back(tmp_p
         text = kept.stdout + kept.stderr
         assert kept.returncode == 0, text[-4000:]
         assert "report outcome pass over 3 cells" in text, text[-3000:]
+        # every compressed model's evaluation is gated on the documents both models answered
+        report = json.loads(out.read_text())
+        for cell in (c for c in report["cells"] if c["scheme"] != "base"):
+            paired = [g["paired"] for g in cell["accuracy_gates"] if g.get("paired")]
+            assert paired and all(p["documents"] > 0 for p in paired), cell["accuracy_gates"]
+        assert "R->W" in text, text[-3000:]
         assert f"stop it with `automation local down --data-dir {data}`" in text, text[-2000:]
         flow_url = re.search(r"Prefect flow run: (\S+)", text)
         pages = re.search(r"ClearML pages: (\S+)", text)

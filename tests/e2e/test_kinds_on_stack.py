@@ -166,7 +166,10 @@ def test_benchmark_reports_latencies_and_no_errors(evals_and_fp8: dict[str, Task
             assert v[f"synchronous/{metric}/{stat}"].value > 0, (metric, stat)
     assert v["synchronous/requests_per_s"].value > 0 and v["synchronous/output_tokens_per_s"].value > 0
     # three runs against one server start: each value their median, its spread beside it; totals summed
-    assert v["synchronous/requests_errored"].value == 0 and v["synchronous/requests_successful"].value == 3 * 6
+    assert v["synchronous/requests_errored"].value == 0
+    # summed over the runs; a run may end with its last request cut off (incomplete, not an error)
+    totals = {k: v[f"synchronous/requests_{k}"].value for k in ("successful", "incomplete", "total")}
+    assert totals["successful"] >= 3 * 5 and totals["total"] == totals["successful"] + totals["incomplete"], totals
     for name in ("synchronous/ttft_ms/median", "synchronous/output_tokens_per_s"):
         assert v[f"{name}:spread"].value >= 0
     result = json.loads(fetch_file(stack.env, bench.artifacts["benchmark_result"]).text)

@@ -5,9 +5,11 @@ production pins it (`code=URL@BRANCH`, resolved to its commit at plan time; the 
 1. night 1 at commit A (this checkout's files): every step runs; the run is accepted as baseline;
 2. night 2, nothing changed: no ClearML task is created, every cell passes against its baseline;
 3. night 3 at commit B, which changes only the compress core script (a bug that scrambles the
-   weights it loads): exactly the compression and what depends on it (the compressed model's
+   weights it loads), started as a user would from the command line (`automation run
+   nightly-regression`): exactly the compression and what depends on it (the compressed model's
    evaluation and benchmark) run again, the base model's steps are reused; the nightly fails
-   against the accepted baseline, and "what changed" names the compress script's files.
+   against the accepted baseline (exit code 1), and "what changed" names the compress script's
+   files.
 
 Performance is observation-only: CPU timings of a tiny model on a shared host are noise.
 """
@@ -15,8 +17,11 @@ Performance is observation-only: CPU timings of a tiny model on a shared host ar
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,13 +29,13 @@ from typing import Any
 import pytest
 
 from automation.clearml.admin import AdminClient
-from automation.errors import RunFailed
 from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
 from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
 from automation.regression.report.markdown import render_markdown
 from automation.regression.report_model import Report
 from testing import REPO
 from testing.prefect_server import PrefectServer
+from testing.processes import OFFLINE
 from testing.stacks import StackHandle, admin_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -105,9 +110,20 @@ def night(tiny: Path, code: str) -> Report:
         series=f"nightly-{RUN}", code=code))
 
 
+def night_from_the_cli(tiny: Path, code: str, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "automation.cli", "run", "nightly-regression", "--models", str(tiny),
+         "--schemes", "w4a16", "--suites", "tiny", "--profile", "smoke",
+         "--size-rules", json.dumps([{"max_params_b": 1000, "queue": "gpu"}]), "--evaluate-queue", "cpu",
+         "--calibration", "tiny", "--num-samples", "16", "--max-seq-length", "64", "--startup-timeout-s", "180",
+         "--observe-performance", "--project", PROJECT, "--series", f"nightly-{RUN}", "--code", code,
+         "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+
+
 @pytest.fixture(scope="module")
 def nights(local_stack: StackHandle, prefect_server: PrefectServer, tiny_model: Path, repo: dict[str, Any],
-           api: AdminClient) -> dict[str, Any]:
+           api: AdminClient, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from automation.regression import baselines
     from flows.bridge import backend
 
@@ -122,10 +138,12 @@ def nights(local_stack: StackHandle, prefect_server: PrefectServer, tiny_model: 
     out["second"] = night(tiny_model, f"{repo['url']}@main")
     out["after_second"] = work_tasks(api)
     _git("update-ref", "refs/heads/main", repo["b"], cwd=repo["bare"])  # upstream moves on
-    with pytest.raises(RunFailed) as failed:
-        night(tiny_model, f"{repo['url']}@main")
-    out["third"] = failed.value.report
-    out["third_error"] = str(failed.value)
+    report_json = tmp_path_factory.mktemp("night3") / "report.json"
+    env = {**os.environ, **OFFLINE, **prefect_server.env}
+    res = night_from_the_cli(tiny_model, f"{repo['url']}@main", report_json, env)
+    out["third_rc"], out["third_output"] = res.returncode, res.stdout + res.stderr
+    assert report_json.is_file(), out["third_output"][-4000:]
+    out["third"] = Report.model_validate_json(report_json.read_text())
     out["after_third"] = work_tasks(api)
     print("\n[report of night 3]\n" + render_markdown(out["third"]))
     return out
@@ -179,6 +197,8 @@ def test_a_new_upstream_commit_recomputes_exactly_what_it_touches_and_fails_the_
     suspects = " ".join(w4.changes_vs_accepted)
     assert "compress/code_files" in suspects and "evaluate/model" in suspects, w4.changes_vs_accepted
     assert "evaluate/code_files" not in suspects  # the evaluate kind's files did not change
-    assert "failed their gates" in nights["third_error"]
+    assert nights["third_rc"] == 1, nights["third_output"][-3000:]
+    assert "failed their gates" in " ".join(nights["third_output"].split())
+    assert "Traceback" not in nights["third_output"]
     md = render_markdown(third)
     assert "What changed vs accepted run" in md and "compress/code_files" in md

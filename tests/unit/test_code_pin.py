@@ -224,3 +224,21 @@ def test_the_digest_stays_on_the_orchestrator_side() -> None:
     envelope = spec.to_configuration()["automation_spec"]
     assert "source_digest" not in envelope and SHA in envelope
     assert spec.environment()["code_files"] == "a" * 32 and spec.environment()["code"] == "https://git.example/r.git"
+
+
+def test_a_kinds_pin_bump_moves_that_kind_only() -> None:
+    """The runtime imports every kind's spec (the registry); another kind's pins are not this one's."""
+    from automation.regression.code_pin import kind_digests, worktree_reader
+
+    root = Path(__file__).resolve().parents[2]
+    real = worktree_reader(root)
+    spec = "automation/specs/compress.py"
+
+    def bumped(path: str) -> bytes | None:
+        data = real(path)
+        return data.replace(b"llmcompressor==", b"llmcompressor==9") if path == spec and data else data
+
+    kinds = {k: f"automation.scripts.{k}" for k in ("compress", "evaluate", "benchmark")}
+    before, after = kind_digests(real, kinds), kind_digests(bumped, kinds)
+    assert before["compress"] != after["compress"]
+    assert before["evaluate"] == after["evaluate"] and before["benchmark"] == after["benchmark"]
