@@ -15,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -36,7 +37,7 @@ from automation.regression.cells import CellRun, Outcome, decide, join_cells
 from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings
 from automation.regression.gates import Outcome as GateOutcome
 from automation.regression.hooks import apply_hooks
-from automation.regression.plan import ModelPlan, Plan, Step, StepLimits, scheme_label, with_model
+from automation.regression.plan import ModelPlan, Plan, Step, scheme_label, with_model
 from automation.regression.report.clearml import publish_clearml
 from automation.regression.report.markdown import render_markdown
 from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, TrendPoint
@@ -122,8 +123,11 @@ async def check_model_available(model: ModelRef) -> ModelRef:
     return model.at_revision(info.sha) if info.sha else model
 
 
-async def _step(step: Step, spec: TaskSpec, refresh: bool, label: str, limits: StepLimits) -> Outcome:
-    max_queue_s, max_run_s = limits.for_spec(spec)
+async def run_step(step: Step, spec: TaskSpec, refresh: bool, label: str,
+                   limits: tuple[float | None, float | None] = (None, None)) -> Outcome:
+    """One step of a plan through the bridge, its end as an Outcome: a result, or the failure its
+    cell reports (a timeout typed as such). `limits` = (max_queue_s, max_run_s)."""
+    max_queue_s, max_run_s = limits
     try:
         runner: Any = run_task.with_options(task_run_name=label)
         result: TaskResult = await runner(spec, refresh=refresh, max_queue_s=max_queue_s, max_run_s=max_run_s)
@@ -142,28 +146,30 @@ async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
     """Run the DAG: base steps and compressions at once; each scheme's follow-ups as soon as its
     compression is done. Returns one CellRun per (model, scheme incl. base, suite)."""
 
+    def step(kind: Step, spec: TaskSpec, label: str) -> Awaitable[Outcome]:
+        return run_step(kind, spec, refresh, label, plan.limits.for_spec(spec))
+
     async def model_cells(mp: ModelPlan) -> list[CellRun]:
         name = mp.model.short_name()
 
         async def base() -> list[CellRun]:
-            evals = [_step("evaluate", mp.base_evals[s], refresh, f"evaluate-{name}-base-{s}", plan.limits)
-                     for s in plan.suites]
-            bench = _step("benchmark", mp.base_bench, refresh, f"benchmark-{name}-base", plan.limits)
+            evals = [step("evaluate", mp.base_evals[s], f"evaluate-{name}-base-{s}") for s in plan.suites]
+            bench = step("benchmark", mp.base_bench, f"benchmark-{name}-base")
             *ev, bn = await asyncio.gather(*evals, bench)
             return [CellRun(mp.model, BASE_SCHEME, s, mp.queue, None, e, bn) for s, e in zip(plan.suites, ev,
                                                                                                  strict=True)]
 
         async def scheme(s: str) -> list[CellRun]:
             label = scheme_label(s)
-            comp = await _step("compress", mp.compress[s], refresh, f"compress-{name}-{label}", plan.limits)
+            comp = await step("compress", mp.compress[s], f"compress-{name}-{label}")
             if comp.result is None:
                 skipped = Outcome(failure=StepFailure(step="evaluate", error="not run: compression failed"))
                 skipped_b = Outcome(failure=StepFailure(step="benchmark", error="not run: compression failed"))
                 return [CellRun(mp.model, label, suite, mp.queue, comp, skipped, skipped_b) for suite in plan.suites]
             out_model = ModelRef.from_result(comp.result)
-            evals = [_step("evaluate", mp.evaluate_for(out_model, suite), refresh,
-                           f"evaluate-{name}-{label}-{suite}", plan.limits) for suite in plan.suites]
-            bench = _step("benchmark", mp.bench_for(out_model), refresh, f"benchmark-{name}-{label}", plan.limits)
+            evals = [step("evaluate", mp.evaluate_for(out_model, suite), f"evaluate-{name}-{label}-{suite}")
+                     for suite in plan.suites]
+            bench = step("benchmark", mp.bench_for(out_model), f"benchmark-{name}-{label}")
             *ev, bn = await asyncio.gather(*evals, bench)
             return [CellRun(mp.model, label, suite, mp.queue, comp, e, bn) for suite, e in zip(plan.suites, ev,
                                                                                             strict=True)]

@@ -42,6 +42,16 @@ async def one_flow(spec: DebugSpec) -> dict[str, Any]:
     return {"state": await cast(Any, run_task)(spec, return_state=True)}  # async task: a coroutine
 
 
+@flow(name="bridge-step", **BRIDGE_FLOW_HOOKS)
+async def step_flow(spec: DebugSpec, max_queue_s: float | None, max_run_s: float | None) -> dict[str, Any]:
+    """One step of a plan as the flows run it (flows.run.run_step): its failure as its cell reports it."""
+    from flows.run import run_step
+
+    outcome = await run_step("evaluate", spec, False, "step-under-limits", (max_queue_s, max_run_s))
+    return {"failure": outcome.failure.model_dump() if outcome.failure else None,
+            "result": outcome.result.model_dump() if outcome.result else None}
+
+
 @flow(name="bridge-hold", **BRIDGE_FLOW_HOOKS)
 async def hold_flow(salt: str, n: int = 3, sleep_s: float = 300.0) -> list[TaskResult]:
     """Long tasks on both queues (more than the agents can run at once: some stay queued)."""

@@ -17,6 +17,7 @@ from automation.clearml.records import parse_timestamp
 from automation.errors import TaskTimeout
 from automation.specs.debug import DebugSpec
 from flows.bridge import execute
+from testing.prefect_server import PrefectServer
 from testing.processes import DEBUG_SCRIPT
 from testing.stacks import StackHandle, admin_client
 from testing.waits import wait_for
@@ -83,3 +84,17 @@ def test_max_queue_s_dequeues_a_task_no_agent_picks_up(local_stack: StackHandle,
     task = the_task(api, spec)
     assert err.task_id == task["id"] and task["status"] == "stopped"
     assert api.call("queues.get_by_id", {"queue": queue_id})["queue"]["entries"] == []
+
+
+def test_a_step_past_its_run_limit_is_a_timeout_in_its_cell(local_stack: StackHandle, api: AdminClient,
+                                                            prefect_server: PrefectServer) -> None:
+    """What a flow's cell holds when a step runs out of time: a typed timeout, not a lost step."""
+    from tests.integration.bridge_flows import step_flow
+
+    spec = DebugSpec(queue="gpu", sleep_s=60.0, steps=60, salt=f"cell-run-{RUN}")
+    out = asyncio.run(step_flow(spec, None, 3.0))
+    failure = out["failure"]
+    assert out["result"] is None and failure is not None
+    assert failure["timeout"] == "run" and failure["step"] == "evaluate", failure
+    assert "ran more than 3 s" in failure["error"] and failure["task_id"] == the_task(api, spec)["id"]
+    wait_for("the task stopped", lambda: the_task(api, spec)["status"] == "stopped", timeout_s=30)

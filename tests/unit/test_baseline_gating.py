@@ -319,3 +319,15 @@ def test_repetitions_must_be_odd() -> None:
     one = BenchmarkSpec(model="hf:org/m@" + "0" * 40, profile="smoke")
     assert one.identity() == BenchmarkSpec(model=one.model, profile="smoke", repetitions=1).identity()
     assert one.identity() != BenchmarkSpec(model=one.model, profile="smoke", repetitions=3).identity()
+
+
+def test_a_timed_out_step_says_so_in_the_report() -> None:
+    from automation.regression.report_model import StepFailure
+
+    report = sample_report(with_failure=False)
+    cells = list(report.cells)
+    cells[1] = cells[1].model_copy(update={"outcome": "error", "failures": [StepFailure(
+        step="benchmark", error="ran more than 14400 s on the agent, so it was stopped (its GPU freed)",
+        task_id="t1", timeout="run")]})
+    md = render_markdown(report.model_copy(update={"cells": cells}))
+    assert "| benchmark (timeout: run) | ran more than 14400 s on the agent" in md
