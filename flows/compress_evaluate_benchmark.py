@@ -34,6 +34,7 @@ from automation.regression.plan import (
 )
 from automation.regression.report_model import Report
 from automation.regression.settings import settings
+from automation.regression.tracking import resolve_tracked
 from automation.specs.model_ref import ModelRef
 from flows.bridge import BRIDGE_FLOW_HOOKS
 from flows.run import finish_run, run_and_join
@@ -86,6 +87,7 @@ async def compress_evaluate_benchmark(
     hooks: list[str] = [],
     project: str | None = None,
     code: str | None = None,
+    track: list[str] = [],
     series: str | None = None,
     refresh: bool = False,
     compare_history: bool = True,
@@ -116,6 +118,7 @@ async def compress_evaluate_benchmark(
         hooks: submit hooks by name, e.g. hf_token, server_arg:--max-model-len=4096
         project: ClearML project (default: settings)
         code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
+        track: libraries to follow, resolved now (name @ git+URL@BRANCH, name>=X): replace the kinds' pins
         series: what successive runs share for trends (default: the deployment or flow name)
         refresh: recompute every step even when finished work with the same identity exists
         compare_history: compare with the baseline registry and the previous run of the series
@@ -130,7 +133,7 @@ async def compress_evaluate_benchmark(
     return await finish_run(
         cells, title=prep.title, series=series, flow_name="compress-evaluate-benchmark", accuracy=prep.accuracy,
         performance=prep.performance, project=prep.project, compare_history=compare_history, publish=publish,
-        fail_on=fail_on, parameters=_summary(parameters), code=prep.plan.code)
+        fail_on=fail_on, parameters=_summary(parameters), code=prep.plan.code, tracked=prep.plan.tracked)
 
 
 @dataclass
@@ -151,7 +154,7 @@ def prepare(model: str, schemes: list[str], suite: str = "openllm", profile: str
             queue_escalation: list[str] | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
             project: str | None = None, code: str | None = None, baseline_threshold: float = 0.98,
-            step_limits: StepLimits | None = None, **_: Any) -> Prepared:
+            step_limits: StepLimits | None = None, track: list[str] | None = None, **_: Any) -> Prepared:
     """The flow's validation and planning, callable on its own (the CLI checks input this way
     before a flow run exists, so bad input never shows up as a failed run)."""
     ref = model_ref("model", model)
@@ -161,7 +164,7 @@ def prepare(model: str, schemes: list[str], suite: str = "openllm", profile: str
     plan = plan_matrix([(ref, queue, tuple(queue_escalation or ()))], schemes, [suite], profile,
                        compression or CompressionOptions(), evaluation or EvaluationOptions(),
                        benchmarking or BenchmarkOptions(), step_queues or StepQueues(), project, hooks or [],
-                       code=resolve_code(code), limits=step_limits)
+                       code=resolve_code(code), limits=step_limits, tracked=resolve_tracked(track or []))
     return Prepared(plan, accuracy, performance, project, f"{ref.short_name()}: {', '.join(schemes)}")
 
 

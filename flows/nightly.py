@@ -49,6 +49,7 @@ async def nightly_regression(
     hooks: list[str] = [],
     project: str | None = None,
     code: str | None = None,
+    track: list[str] = [],
     series: str = NIGHTLY_SERIES,
     refresh: bool = False,
     publish: bool = True,
@@ -79,6 +80,7 @@ async def nightly_regression(
         hooks: submit hooks by name
         project: ClearML project (default: settings)
         code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
+        track: libraries to follow, resolved now (name @ git+URL@BRANCH, name>=X): replace the kinds' pins
         series: what successive nights share for trends (keep "nightly" to compare night to night)
         refresh: recompute every step (by default unchanged cells are reused)
         publish: publish the report
@@ -95,7 +97,7 @@ async def nightly_regression(
         cells, title=f"nightly regression: {prep.title.removeprefix('sweep: ')}", series=series,
         flow_name="nightly-regression", accuracy=prep.accuracy, performance=prep.performance, project=prep.project,
         compare_history=True, publish=publish, fail_on=fail_on, queues=prep.plan.queues,
-        parameters=_summary(parameters), code=prep.plan.code)
+        parameters=_summary(parameters), code=prep.plan.code, tracked=prep.plan.tracked)
 
 
 def with_matrix(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from automation.regression.plan import ModelPlan, Plan, Step, scheme_label, with
 from automation.regression.report.clearml import publish_clearml
 from automation.regression.report.markdown import render_markdown
 from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, TrendPoint
+from automation.regression.tracking import Tracked
 from automation.results import SAMPLES_ARTIFACT, DocumentScores, TaskResult
 from automation.specs.base import CodeRef, TaskSpec
 from automation.specs.model_ref import ModelRef
@@ -250,21 +251,25 @@ def _version() -> str:
         return "unknown"
 
 
-def provenance(queues: set[str], code: CodeRef | None = None) -> dict[str, str]:
+def provenance(queues: set[str], code: CodeRef | None = None, tracked: list[Tracked] | None = None,
+               ) -> dict[str, str]:
     code = code or CodeRef()
-    return {
+    out = {
         "packages": ", ".join(all_base_packages()),
         "code": str(code) if code.repository else f"agent working tree (automation {_version()})",
         "queues": ", ".join(sorted(queues)),
         "started_by": os.environ.get("PREFECT__USER") or getpass.getuser(),
     }
+    if tracked:
+        out["tracked"] = "; ".join(f"{t.given} -> {t.resolved}" for t in tracked)
+    return out
 
 
 async def finish_run(
     cells: list[ReportCell], *, title: str, series: str | None, flow_name: str,
     accuracy: AccuracyGateSettings, performance: PerformanceGateSettings, project: str,
     compare_history: bool, publish: bool, fail_on: str, parameters: dict[str, Any],
-    queues: set[str] | None = None, code: CodeRef | None = None,
+    queues: set[str] | None = None, code: CodeRef | None = None, tracked: list[Tracked] | None = None,
 ) -> Report:
     log = get_run_logger()
     runtime = _runtime()
@@ -289,7 +294,8 @@ async def finish_run(
         flow_run_url=runtime["flow_run_url"], cells=cells, outcome=report_outcome(cells, history_error),
         settings={"accuracy": accuracy.model_dump(mode="json"), "performance": performance.model_dump(mode="json"),
                   "parameters": parameters},
-        provenance=provenance(queues or {c.queue for c in cells if c.queue}, code), stack_changes=stack_changes,
+        provenance=provenance(queues or {c.queue for c in cells if c.queue}, code, tracked),
+        stack_changes=stack_changes,
         trend_series=trends, history_error=history_error,
     )
     if publish:

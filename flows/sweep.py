@@ -25,6 +25,7 @@ from automation.regression.plan import (
 )
 from automation.regression.report_model import Report
 from automation.regression.settings import SizeRule, queue_for, settings
+from automation.regression.tracking import resolve_tracked
 from automation.specs.model_ref import ModelRef
 from flows.bridge import BRIDGE_FLOW_HOOKS, ensure_queue_limits
 from flows.compress_evaluate_benchmark import FailOn, Prepared, _summary, gate_settings, model_ref
@@ -54,6 +55,7 @@ async def sweep(
     hooks: list[str] = [],
     project: str | None = None,
     code: str | None = None,
+    track: list[str] = [],
     series: str | None = None,
     refresh: bool = False,
     compare_history: bool = True,
@@ -85,6 +87,7 @@ async def sweep(
         hooks: submit hooks by name
         project: ClearML project (default: settings)
         code: what the agents run: URL@COMMIT, URL@BRANCH (pinned to its commit now), or worktree
+        track: libraries to follow, resolved now (name @ git+URL@BRANCH, name>=X): replace the kinds' pins
         series: what successive runs share for trends (default: the deployment or flow name)
         refresh: recompute every step
         compare_history: compare with the baseline registry and the previous run of the series
@@ -103,7 +106,7 @@ async def sweep(
         cells, title=prep.title, series=series, flow_name="sweep", accuracy=prep.accuracy,
         performance=prep.performance, project=prep.project, compare_history=compare_history, publish=publish,
         fail_on=fail_on, queues=prep.plan.queues, parameters=_summary(parameters),
-        code=prep.plan.code)
+        code=prep.plan.code, tracked=prep.plan.tracked)
 
 
 def prepare(models: list[str], schemes: list[str], suites: list[str], profile: str = "chat",
@@ -114,7 +117,8 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
             step_queues: StepQueues | None = None, confidence: float = 0.95, gated_metrics: list[str] | None = None,
             performance_rules: list[PerformanceRule] | None = None, hooks: list[str] | None = None,
             project: str | None = None, code: str | None = None, baseline_threshold: float = 0.98,
-            step_limits: StepLimits | None = None, **_: Any) -> tuple[Prepared, dict[str, int]]:
+            step_limits: StepLimits | None = None, track: list[str] | None = None,
+            **_: Any) -> tuple[Prepared, dict[str, int]]:
     """Validation and planning of the sweep (see compress_evaluate_benchmark.prepare); also the
     queue caps to set."""
     if not models:
@@ -138,7 +142,7 @@ def prepare(models: list[str], schemes: list[str], suites: list[str], profile: s
     plan = plan_matrix(placed, schemes, suites, profile, compression or CompressionOptions(),
                        evaluation or EvaluationOptions(), benchmarking or BenchmarkOptions(),
                        step_queues or StepQueues(), project, hooks or [], code=resolve_code(code),
-                       limits=step_limits)
+                       limits=step_limits, tracked=resolve_tracked(track or []))
     title = f"sweep: {len(refs)} model(s) x {', '.join(schemes)}"
     return Prepared(plan, accuracy, performance, project, title), caps
 

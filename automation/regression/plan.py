@@ -15,12 +15,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
 
 from automation.errors import FlowInputError, HookError, SpecError, StandardError
 from automation.regression.code_pin import with_source_digests
 from automation.regression.hooks import check_hooks
 from automation.regression.report_model import BASE_SCHEME
+from automation.regression.tracking import Tracked
 from automation.specs.base import CodeRef, TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
@@ -147,6 +150,7 @@ class Plan:
     queues: set[str] = field(default_factory=set)
     code: CodeRef = field(default_factory=CodeRef)
     limits: StepLimits = field(default_factory=StepLimits)
+    tracked: list[Tracked] = field(default_factory=list)
 
 
 def _spec(field_name: str, make: Callable[[], TaskSpec]) -> Any:
@@ -170,6 +174,7 @@ def plan_matrix(
     tags: tuple[str, ...] = (),
     code: CodeRef | None = None,
     limits: StepLimits | None = None,
+    tracked: list[Tracked] | None = None,
 ) -> Plan:
     """Every spec of the run, validated. `models` = (model, queue, OOM escalation) triples."""
     if not models:
@@ -199,9 +204,11 @@ def plan_matrix(
     except HookError as exc:
         raise FlowInputError(str(exc)) from None
 
-    # Each kind runs its own files of the code: a change to one core script recomputes that kind only.
-    codes = with_source_digests(code or CodeRef(), {spec.kind: spec.script_module for spec in
-                                                    (CompressSpec, EvaluateSpec, BenchmarkSpec)})
+    # Each kind runs its own files of the code, and its own tracked libraries: a change to one recomputes
+    # that kind (and what depends on its output) only.
+    kinds = (CompressSpec, EvaluateSpec, BenchmarkSpec)
+    codes = with_source_digests(code or CodeRef(), {spec.kind: spec.script_module for spec in kinds})
+    per_kind = {spec.kind: {"code": codes[spec.kind], **_tracked_for(spec, kinds, tracked or [])} for spec in kinds}
     plans: list[ModelPlan] = []
     queues: set[str] = set()
     for model, queue, escalation in models:
@@ -209,18 +216,30 @@ def plan_matrix(
         if unknown:
             raise FlowInputError(f"compression.recipe_args: {sorted(unknown)} are not among the schemes {schemes}")
         mp = _plan_model(model, queue, escalation, schemes, suites, profile, compression, evaluation, benchmarking,
-                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation}, codes)
+                         step_queues, {"project": project, "tags": tags, "queue_escalation": escalation}, per_kind)
         queues |= {step_queues.compress or queue, step_queues.evaluate or queue, step_queues.benchmark or queue,
                    *escalation}
         plans.append(mp)
     return Plan(models=plans, schemes=schemes, suites=suites, profile=profile, hooks=hooks, queues=queues,
-                code=code or CodeRef(), limits=limits or StepLimits())
+                code=code or CodeRef(), limits=limits or StepLimits(), tracked=list(tracked or []))
+
+
+def _declared(kind: type[TaskSpec]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in kind.base_packages}
+
+
+def _tracked_for(kind: type[TaskSpec], kinds: tuple[type[TaskSpec], ...], tracked: list[Tracked]) -> dict[str, Any]:
+    """A kind's share of the tracked libraries: those it declares replace its pins; those no kind
+    declares are extra packages of every kind."""
+    anyone = set().union(*(_declared(k) for k in kinds))
+    return {"package_overrides": tuple(t.resolved for t in tracked if t.name in _declared(kind)),
+            "packages": tuple(t.resolved for t in tracked if t.name not in anyone)}
 
 
 def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], schemes: list[str], suites: list[str],
                 profile: str, compression: CompressionOptions, evaluation: EvaluationOptions,
                 benchmarking: BenchmarkOptions, step_queues: StepQueues, envelope: dict[str, Any],
-                codes: dict[str, CodeRef]) -> ModelPlan:
+                per_kind: dict[str, dict[str, Any]]) -> ModelPlan:
     q_compress = step_queues.compress or queue
     q_eval = step_queues.evaluate or queue
     q_bench = step_queues.benchmark or queue
@@ -228,20 +247,19 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
     def evaluate_for(m: ModelRef, suite: str) -> EvaluateSpec:
         return EvaluateSpec(model=m, suite=suite, queue=q_eval, limit=evaluation.limit,
                             batch_size=evaluation.batch_size, num_fewshot=evaluation.num_fewshot,
-                            backend=evaluation.backend, code=codes[EvaluateSpec.kind], **envelope)
+                            backend=evaluation.backend, **per_kind[EvaluateSpec.kind], **envelope)
 
     def bench_for(m: ModelRef) -> BenchmarkSpec:
         return BenchmarkSpec(model=m, profile=profile, queue=q_bench, engine=benchmarking.engine,
                              gpus=benchmarking.gpus, server_args=tuple(benchmarking.server_args),
                              startup_timeout_s=benchmarking.startup_timeout_s, repetitions=benchmarking.repetitions,
-                             code=codes[BenchmarkSpec.kind],
-                             **envelope)
+                             **per_kind[BenchmarkSpec.kind], **envelope)
 
     def compress_for(scheme: str) -> CompressSpec:
         return CompressSpec(model=model, recipe=scheme, recipe_args=compression.recipe_args.get(scheme, {}),
                             calibration=compression.calibration, num_samples=compression.num_samples,
                             max_seq_length=compression.max_seq_length, queue=q_compress,
-                            code=codes[CompressSpec.kind], **envelope)
+                            **per_kind[CompressSpec.kind], **envelope)
 
     return ModelPlan(
         model=model, queue=queue, escalation=escalation,

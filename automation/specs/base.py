@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
+from packaging.utils import canonicalize_name
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,7 +52,7 @@ from pydantic_core import to_jsonable_python
 
 from automation.errors import PackageError, SpecError
 from automation.specs import hocon
-from automation.specs.packages import merge
+from automation.specs.packages import merge, parse
 from automation.specs.runtime_packages import CORE_RUNTIME
 
 ARGS_SECTION = "Args"
@@ -277,6 +278,9 @@ class TaskSpec(BaseModel):
     docker_args: str | None = volatile(None, description="extra `docker run` arguments")
     tags: tuple[str, ...] = volatile((), description="extra ClearML tags")
     packages: tuple[str, ...] = Field((), description="extra pip requirements (a pinned one wins)")
+    package_overrides: tuple[str, ...] = added_field(
+        (), since="2026-12", description="requirements that replace the kind's own pin of the same package "
+                                         "(a tracked library resolved at plan time: name==X or name @ URL@commit)")
     code: CodeRef = Field(default_factory=CodeRef, description="code the agent runs (pinned)")
     secret_env: dict[str, str] = volatile(
         default_factory=dict, description="environment variables the core script gets from a secret, by "
@@ -286,7 +290,7 @@ class TaskSpec(BaseModel):
 
     ENVELOPE: ClassVar[tuple[str, ...]] = (
         "project", "name", "queue", "queue_escalation", "docker_image", "docker_args", "tags",
-        "packages", "code", "secret_env", "hooks",
+        "packages", "package_overrides", "code", "secret_env", "hooks",
     )
 
     @field_validator("secret_env")
@@ -298,7 +302,7 @@ class TaskSpec(BaseModel):
             check_reference(name, ref)
         return value
 
-    @field_validator("packages")
+    @field_validator("packages", "package_overrides")
     @classmethod
     def _valid_packages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         try:
@@ -323,8 +327,11 @@ class TaskSpec(BaseModel):
 
     # -- derived ---------------------------------------------------------------------------
     def requirements(self) -> tuple[str, ...]:
-        """The kind's own packages merged with the spec's (a pinned requirement wins)."""
-        return merge(self.base_packages, self.packages)
+        """The kind's own packages (less those `package_overrides` replace), the overrides, then
+        the spec's `packages` (a pinned requirement wins)."""
+        replaced = {canonicalize_name(parse(r, "package_overrides").name) for r in self.package_overrides}
+        own = [r for r in self.base_packages if canonicalize_name(parse(r).name) not in replaced]
+        return merge(own, self.package_overrides, self.packages)
 
     def task_requirements(self) -> tuple[str, ...]:
         """Everything the core script needs in a fresh environment (what the ClearML task lists):
@@ -411,7 +418,11 @@ class TaskSpec(BaseModel):
         """Configuration objects (HOCON text) by name: one per nested field, plus the envelope."""
         dumped = self.model_dump(mode="json")
         out = {name: hocon.dumps({name: dumped[name]}) for name in self.config_fields()}
-        envelope = {name: dumped[name] for name in self.ENVELOPE}
+        # Fields added later are left out while they hold their default: a core script of a commit
+        # from before they existed refuses fields it does not know.
+        fields = type(self).model_fields
+        envelope = {name: dumped[name] for name in self.ENVELOPE
+                    if not (_ignores_default(fields[name]) and _holds_default(self, name, fields[name]))}
         # The digest is the orchestrator's (identity only; the script never reads it), and a core
         # script of a commit from before the field existed refuses fields it does not know.
         envelope["code"] = {k: v for k, v in envelope["code"].items() if k != "source_digest"}
