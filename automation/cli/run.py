@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,26 @@ async def _check(prepare: Any, parameters: dict[str, Any]) -> None:
         await backend().aclose()
 
 
+class _RunFailedWithoutTraceback(logging.Filter):
+    """Prefect's engine logs the exception that ends a flow run with its traceback. A run that
+    failed its gates is an outcome, said in one line below the report, not a crash to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from automation.errors import RunFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_run_failures() -> None:
+    # Prefect's console handler is the root logger's; its API handler (the UI's log) sits on
+    # `prefect.flow_runs` and sees the record first, traceback and all.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RunFailedWithoutTraceback) for f in handler.filters):
+            handler.addFilter(_RunFailedWithoutTraceback())
+
+
 def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path | None) -> None:
     from automation.errors import RunFailed
     from automation.prefect_api import check_prefect_api
@@ -37,6 +58,7 @@ def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path 
 
     check_prefect_api()  # an unreachable PREFECT_API_URL: one line, before any server is asked anything
     asyncio.run(_check(prepare, parameters))  # bad input: one line, by the command group
+    _quiet_run_failures()  # the console's copy only: the run's log in the Prefect UI keeps the traceback
     try:
         report = asyncio.run(flow_fn(**parameters))
         code = 0

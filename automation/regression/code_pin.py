@@ -22,11 +22,12 @@ step recomputes, the safe direction.
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import io
 import os
 import re
 import subprocess
+import tokenize
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -120,23 +121,66 @@ def _candidates(module: str) -> list[str]:
     return [f"{base}.py", f"{base}/__init__.py"]
 
 
-def _imported(module: str, path: str, tree: ast.AST) -> set[str]:
+def _statements(data: bytes) -> list[list[str]]:
+    """The import statements of a file as token lists (`from`, `.`, `x`, `import`, `y`, ...), from
+    Python's tokenizer: strings and comments are never read as code. Not `ast`: CPython 3.11's
+    parser can fail with "AST constructor recursion depth mismatch" when another thread parses at
+    the same time (a served flow process does), and this runs inside flow runs."""
+    out: list[list[str]] = []
+    line: list[str] = []
+    try:
+        for tok in tokenize.tokenize(io.BytesIO(data).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER) or (tok.type == tokenize.OP and tok.string == ";"):
+                if line and line[0] in ("import", "from"):
+                    out.append(line)
+                line = []
+            elif tok.type in (tokenize.NAME, tokenize.OP):
+                if tok.type == tokenize.OP and tok.string == ":" and line and line[0] not in ("import", "from"):
+                    line = []  # `if TYPE_CHECKING: import x`, `try: import x`: the statement after the colon
+                    continue
+                line.append(tok.string)
+    except (tokenize.TokenError, SyntaxError):
+        pass  # a broken file: what was read so far (it is hashed whole anyway)
+    return out
+
+
+def _names(tokens: list[str]) -> list[str]:
+    """`a.b as c, d` -> [a.b, d] (parentheses dropped)."""
+    names, current, skip = [], "", False
+    for tok in [t for t in tokens if t not in ("(", ")")] + [","]:
+        if tok == ",":
+            if current:
+                names.append(current)
+            current, skip = "", False
+        elif tok == "as":
+            skip = True
+        elif not skip:
+            current += tok
+    return names
+
+
+def _imported(module: str, path: str, data: bytes) -> set[str]:
     """The `automation.*` modules a file imports (lazy ones too; `from x import y` may name a
     module y of package x: both are kept, the ones that do not exist drop out later)."""
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                anchor = ".".join(parts[:len(parts) - node.level + 1])
-                source = f"{anchor}.{node.module}" if node.module else anchor
-            else:
-                source = node.module or ""
-            found.add(source)
-            found |= {f"{source}.{alias.name}" for alias in node.names}
+    for statement in _statements(data):
+        if statement[0] == "import":
+            found |= set(_names(statement[1:]))
+            continue
+        if "import" not in statement:
+            continue
+        cut = statement.index("import")
+        source_tokens, imported = statement[1:cut], _names(statement[cut + 1:])
+        lead = next((i for i, t in enumerate(source_tokens) if set(t) != {"."}), len(source_tokens))
+        level = sum(len(t) for t in source_tokens[:lead])  # `from ..x import y`: the leading dots only
+        source = "".join(source_tokens[lead:])
+        if level:
+            parts = package.split(".")
+            anchor = ".".join(parts[:len(parts) - level + 1])
+            source = f"{anchor}.{source}" if source else anchor
+        found.add(source)
+        found |= {f"{source}.{name}" for name in imported if name != "*"}
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 
@@ -156,12 +200,8 @@ def source_files(module: str, read: Reader) -> dict[str, bytes]:
             data = read(path)
             if data is None:
                 continue
-            files[path] = data
-            try:
-                tree = ast.parse(data)
-            except SyntaxError:
-                break  # still hashed: a broken file is a change too
-            pending += sorted(_imported(name, path, tree) - seen)
+            files[path] = data  # a broken file is hashed too: it is a change
+            pending += sorted(_imported(name, path, data) - seen)
             break
     return files
 

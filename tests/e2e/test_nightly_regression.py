@@ -30,7 +30,7 @@ import pytest
 
 from automation.clearml.admin import AdminClient
 from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
-from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues
 from automation.regression.report.markdown import render_markdown
 from automation.regression.report_model import Report
 from testing import REPO
@@ -43,6 +43,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 RUN = uuid.uuid4().hex[:6]
 PROJECT = f"e2e-nightly-{RUN}"
 OBSERVE = [r.model_copy(update={"gating": False}) for r in DEFAULT_PERFORMANCE_RULES]
+# Options no other test uses: the same specs elsewhere have the same identities (the code digest of
+# commit A is the working tree's), and their finished tasks would be reused here, and ours there.
+COMPRESSION = {"calibration": "tiny", "num_samples": 12, "max_seq_length": 64}
+EVALUATION = {"batch_size": 4}
+BENCHMARKING = {"engine": "transformers", "startup_timeout_s": 180}
 CORE = "automation/scripts/lib/compress_core.py"
 LOAD = 'model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")\n'
 BUG = ("    for _name, _weight in model.named_parameters():  # the regression night 3 brings\n"
@@ -105,8 +110,8 @@ def night(tiny: Path, code: str) -> Report:
     return asyncio.run(nightly_regression(
         models=[str(tiny)], schemes=["w4a16"], suites=["tiny"], profile="smoke",
         size_rules=[SizeRule(max_params_b=1000, queue="gpu")], step_queues=StepQueues(evaluate="cpu"),
-        compression=CompressionOptions(calibration="tiny", num_samples=16, max_seq_length=64),
-        benchmarking=BenchmarkOptions(startup_timeout_s=180), performance_rules=OBSERVE, project=PROJECT,
+        compression=CompressionOptions(**COMPRESSION), evaluation=EvaluationOptions(**EVALUATION),
+        benchmarking=BenchmarkOptions(**BENCHMARKING), performance_rules=OBSERVE, project=PROJECT,
         series=f"nightly-{RUN}", code=code))
 
 
@@ -115,7 +120,8 @@ def night_from_the_cli(tiny: Path, code: str, out: Path, env: dict[str, str]) ->
         [sys.executable, "-m", "automation.cli", "run", "nightly-regression", "--models", str(tiny),
          "--schemes", "w4a16", "--suites", "tiny", "--profile", "smoke",
          "--size-rules", json.dumps([{"max_params_b": 1000, "queue": "gpu"}]), "--evaluate-queue", "cpu",
-         "--calibration", "tiny", "--num-samples", "16", "--max-seq-length", "64", "--startup-timeout-s", "180",
+         "--calibration", "tiny", "--num-samples", str(COMPRESSION["num_samples"]), "--max-seq-length", "64",
+         "--batch-size", str(EVALUATION["batch_size"]), "--engine", "transformers", "--startup-timeout-s", "180",
          "--observe-performance", "--project", PROJECT, "--series", f"nightly-{RUN}", "--code", code,
          "--json", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -129,7 +129,8 @@ def form_property(page: Page, label: str) -> Locator:
     return page.locator("div.schema-form-property").filter(has=name).last
 
 
-GATE_COLUMNS = ("Metric", "Base", "Value", "Recovery", "Interval", "Threshold", "Outcome", "Reason")
+GATE_COLUMNS = ("Metric", "Base", "Value", "Recovery", "Interval", "Threshold", "Flips R->W / W->R", "Outcome",
+                "Reason")
 
 
 def gate_rows(markdown: str, scheme: str) -> list[list[str]]:
