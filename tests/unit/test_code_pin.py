@@ -3,7 +3,6 @@ every spec of the run and recorded in the report; bad references are one error n
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +11,22 @@ import pytest
 from automation.errors import FlowInputError
 from automation.regression.code_pin import LOCAL_STACK_ENV, checkout_head, resolve_code
 from automation.specs.base import CodeRef
+from testing.git import git, one_commit_repo
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=cwd,
-                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture()
 def upstream(tmp_path: Path) -> tuple[Path, str]:
     """A bare repository with one commit on `main` and a tag; returns (its path, the commit)."""
     work = tmp_path / "work"
-    work.mkdir()
-    _git(work, "init", "--quiet", "--initial-branch=main")
-    (work / "a.txt").write_text("a\n")
-    _git(work, "add", "a.txt")
-    _git(work, "commit", "--quiet", "-m", "one")
-    _git(work, "tag", "v1")
+    one_commit_repo(work)
+    git(work, "tag", "v1")
     bare = tmp_path / "upstream.git"
-    _git(tmp_path, "clone", "--quiet", "--bare", str(work), str(bare))
-    return bare, _git(work, "rev-parse", "HEAD")
+    git(tmp_path, "clone", "--quiet", "--bare", str(work), str(bare))
+    return bare, git(work, "rev-parse", "HEAD")
 
 
 def test_explicit_forms(upstream: tuple[Path, str]) -> None:
@@ -62,17 +55,17 @@ def test_bad_references_are_one_line_naming_code(upstream: tuple[Path, str], tex
 def test_the_default_off_the_local_stack_is_a_clean_pushed_head(upstream: tuple[Path, str], tmp_path: Path) -> None:
     bare, head = upstream
     clone = tmp_path / "clone"
-    _git(tmp_path, "clone", "--quiet", str(bare), str(clone))
+    git(tmp_path, "clone", "--quiet", str(bare), str(clone))
     assert checkout_head(clone) == CodeRef(repository=str(bare), commit=head)
     assert resolve_code(None, {}, checkout=clone) == CodeRef(repository=str(bare), commit=head)
 
     (clone / "a.txt").write_text("changed\n")
     with pytest.raises(FlowInputError, match="uncommitted changes"):
         resolve_code(None, {}, checkout=clone)
-    _git(clone, "commit", "--quiet", "-am", "local only")
+    git(clone, "commit", "--quiet", "-am", "local only")
     with pytest.raises(FlowInputError, match=r"is on no branch of origin \(push it\)"):
         resolve_code(None, {}, checkout=clone)
-    _git(clone, "remote", "remove", "origin")
+    git(clone, "remote", "remove", "origin")
     with pytest.raises(FlowInputError, match="no remote 'origin'"):
         resolve_code(None, {}, checkout=clone)
     with pytest.raises(FlowInputError, match="not a git checkout"):
@@ -174,16 +167,16 @@ def test_a_commit_that_changes_one_core_script_moves_that_kinds_identity_only(tm
 
     work = tmp_path / "work"
     work.mkdir()
-    _git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "init", "--quiet", "--initial-branch=main")
     _package(work)
-    _git(work, "add", "-A")
-    _git(work, "commit", "--quiet", "-m", "A")
-    a = _git(work, "rev-parse", "HEAD")
+    git(work, "add", "-A")
+    git(work, "commit", "--quiet", "-m", "A")
+    a = git(work, "rev-parse", "HEAD")
     (work / "automation/scripts/lib/compress_core.py").write_text("def compress():\n    return 2\n")
     (work / "README").write_text("docs only\n")
-    _git(work, "add", "-A")
-    _git(work, "commit", "--quiet", "-m", "B")
-    b = _git(work, "rev-parse", "HEAD")
+    git(work, "add", "-A")
+    git(work, "commit", "--quiet", "-m", "B")
+    b = git(work, "rev-parse", "HEAD")
     url = f"file://{work}"
     at_a = with_source_digests(CodeRef(repository=url, commit=a), KINDS, checkout=tmp_path / "nowhere")
     at_b = with_source_digests(CodeRef(repository=url, commit=b), KINDS, checkout=tmp_path / "nowhere")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,9 @@ from automation.regression.plan import BenchmarkOptions, CompressionOptions, Eva
 from automation.regression.tracking import Tracked, resolve_tracked
 from automation.specs.compress import CompressSpec
 from automation.specs.model_ref import ModelRef
+from testing.git import one_commit_repo
 
 MODEL = "hf:org/m-1B@" + "0" * 40
-
-
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=cwd,
-                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def _wheel(folder: Path, name: str, version: str) -> None:
@@ -42,12 +37,7 @@ def _wheel(folder: Path, name: str, version: str) -> None:
 
 def test_a_branch_becomes_its_commit_and_exact_pins_stay(tmp_path: Path) -> None:
     work = tmp_path / "lib"
-    work.mkdir()
-    _git(work, "init", "--quiet", "--initial-branch=main")
-    (work / "a").write_text("a")
-    _git(work, "add", "a")
-    _git(work, "commit", "--quiet", "-m", "one")
-    head = _git(work, "rev-parse", "HEAD")
+    head = one_commit_repo(work)
     [branch, exact] = resolve_tracked([f"llmcompressor @ git+file://{work}@main", "lm-eval[hf]==0.4.13"])
     assert branch.resolved == f"llmcompressor @ git+file://{work}@{head}" and branch.name == "llmcompressor"
     assert exact.resolved == "lm-eval[hf]==0.4.13"
