@@ -61,7 +61,9 @@ def test_max_run_s_stops_the_task_on_the_agent(local_stack: StackHandle, api: Ad
     assert err.phase == "run" and not err.retryable
     assert "ran more than 3 s" in str(err) and "max_run_s" in str(err)
     task = the_task(api, spec)
-    assert err.task_id == task["id"] and task["status"] == "stopped"
+    # ended on the agent: `stopped`, or `failed` when the agent's kill lands before the stop settles
+    # (a loaded 2-core host); its process is gone either way (below)
+    assert err.task_id == task["id"] and task["status"] in ("stopped", "failed")
     started = parse_timestamp(task["started"])
     assert started is not None
     # 3 s of running + up to one poll interval to notice the start + the stop's 10 s watch for a
@@ -97,4 +99,4 @@ def test_a_step_past_its_run_limit_is_a_timeout_in_its_cell(local_stack: StackHa
     assert out["result"] is None and failure is not None
     assert failure["timeout"] == "run" and failure["step"] == "evaluate", failure
     assert "ran more than 3 s" in failure["error"] and failure["task_id"] == the_task(api, spec)["id"]
-    wait_for("the task stopped", lambda: the_task(api, spec)["status"] == "stopped", timeout_s=30)
+    wait_for("the task ended", lambda: the_task(api, spec)["status"] in ("stopped", "failed"), timeout_s=30)
