@@ -23,8 +23,11 @@ def local_parameters(tiny_model: Path) -> dict[str, dict[str, Any]]:
     matrix = {"models": [str(tiny_model)], "schemes": ["w4a16"], "suites": ["tiny"],
               "step_queues": {"evaluate": "cpu"}, **common}
     return {
+        # The benchmarks on the second agent: they are the longest steps here (a model server start
+        # and GuideLLM, ~35 s each against ~15 s for the others), and with the evaluations there the
+        # first agent ran five steps in a row while the second sat idle (154 s against ~115 s).
         "compress-evaluate-benchmark": {"model": str(tiny_model), "schemes": ["w4a16", "fp8_dynamic"],
-                                        "suite": "tiny", "queue": "gpu", "step_queues": {"evaluate": "cpu"},
+                                        "suite": "tiny", "queue": "gpu", "step_queues": {"benchmark": "cpu"},
                                         **common},
         "sweep": dict(matrix),
         "nightly": {**matrix, "series": "nightly-manual", "fail_on": "error"},

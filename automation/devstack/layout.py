@@ -60,6 +60,12 @@ class DataDir:
     def agent_home(self, queue: str) -> Path:
         return self.root / "agents" / queue
 
+    @property
+    def model_cache(self) -> Path:
+        """The ClearML SDK's download cache, one for all the stack's agents (their homes are private):
+        a model one step downloaded is a cache hit for the next step on either queue."""
+        return self.root / "cache" / "clearml"
+
     def ensure(self) -> None:
         for d in (self.standin_state, self.run, self.logs):
             try:

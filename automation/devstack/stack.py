@@ -42,7 +42,7 @@ DEFAULT_QUEUES = ("gpu", "cpu")
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 30.0
 AGENT_SETTLE_S = 3.0
-AGENT_POLL_S = "1"
+AGENT_POLL_S = "0.5"
 PREFECT_START_TIMEOUT_S = 120.0
 SERVE_START_TIMEOUT_S = 180.0
 # What `python -m deployments.serve` registers (deployment names); `up` waits until the API lists them.
@@ -168,7 +168,7 @@ class LocalStack:
         creds = self._credentials()
         write_clearml_conf(self.data.clearml_conf, cfg, creds["access_key"], creds["secret_key"])
         write_clearml_conf(self.data.agent_conf, cfg, creds["access_key"], creds["secret_key"],
-                           retries=AGENT_RETRIES)
+                           retries=AGENT_RETRIES, cache_dir=self.data.model_cache)
 
     def _write_env(self, env: dict[str, str]) -> None:
         lines = ["# source this file to point the clearml SDK and agent at the local stack"]
@@ -411,7 +411,7 @@ class LocalStack:
     def _start_agent(self, queue: str, env: dict[str, str], n_agents: int = 1) -> None:
         home = self.data.agent_home(queue)
         # The agent copies its configuration, secret key included, into HOME/tmp: private to us.
-        for folder in (home, home / "tmp"):
+        for folder in (home, home / "tmp", self.data.model_cache.parent, self.data.model_cache):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
         agent_env = {
@@ -430,9 +430,15 @@ class LocalStack:
             "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
+        # The agents' homes are private, and so would be their Hugging Face caches: a hub model or
+        # dataset the user (or the other agent) already has would be fetched again for every queue.
+        # The caches only: the user's hub token stays theirs (tasks get secrets by reference).
+        for key, cache in _user_hf_caches().items():
+            agent_env.setdefault(key, cache)
         # The agent's one interval for polling its queue AND, while a task runs, for noticing that
         # the task's process ended (and for checking for a stop): 5 s by default, paid up to twice
-        # per step. The stand-in answers a poll in about a millisecond.
+        # per step. The stand-in answers a poll in about a millisecond; two idle agents at 0.5 s
+        # cost it 4 calls a second.
         agent_env.setdefault("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", AGENT_POLL_S)
         # Agents share this machine's cores: without a cap each task's torch takes all of them and
         # concurrent tasks thrash (a 14 s model build took 98 s next to another task).
@@ -516,16 +522,34 @@ FAIL_FAST_RETRIES = {"total": 2, "connect": 2, "read": 2, "redirect": 2, "status
 AGENT_RETRIES = {"total": 8, "connect": 8, "read": 4, "redirect": 2, "status": 4, "backoff_factor": 0.5}
 
 
+def _user_hf_caches() -> dict[str, str]:
+    """The Hugging Face hub and datasets caches of the user who starts the stack (their variables,
+    HF_HOME, or the defaults under their home; the datasets library's rule, without importing it),
+    resolved here because the agents run with homes of their own."""
+    from huggingface_hub import constants
+
+    return {"HF_HUB_CACHE": os.environ.get("HF_HUB_CACHE") or str(constants.HF_HUB_CACHE),
+            "HF_DATASETS_CACHE": os.environ.get("HF_DATASETS_CACHE") or str(Path(constants.HF_HOME) / "datasets")}
+
+
 def write_clearml_conf(
     path: Path,
     cfg: StackConfig,
     access_key: str,
     secret_key: str,
     retries: dict[str, float] | None = None,
+    cache_dir: Path | None = None,
 ) -> None:
     """A clearml.conf for SDK and agent whose retries are bounded: an unreachable server is an
-    error within seconds, not hours of silent retrying (the SDK default is 240 retries)."""
+    error within seconds, not hours of silent retrying (the SDK default is 240 retries).
+    `cache_dir`: the SDK's download cache (models, artifacts), shared by the processes using it."""
     r = {**FAIL_FAST_RETRIES, **(retries or {})}
+    # ClearML's cache is made for sharing (its agents mount one into every container): downloads
+    # land under a temporary name and are renamed into place.
+    storage = "" if cache_dir is None else f"""
+    storage {{
+        cache {{ default_base_dir: {json.dumps(str(cache_dir))} }}
+    }}"""
     conf = f"""# Written by `automation local up`. Bounded retries: an unreachable server fails in seconds.
 api {{
     api_server: "{cfg.api_url}"
@@ -554,7 +578,7 @@ sdk {{
         # Report from a thread of the task process, not a subprocess of it: its start-up and
         # its flush handshake cost seconds per task (docs/benchmarks.md, "chain").
         report_use_subprocess: false
-    }}
+    }}{storage}
 }}
 agent {{
     package_manager {{ type: pip }}

@@ -45,6 +45,12 @@ def test_demo_keep_leaves_what_it_printed_live_and_local_up_brings_it_back(tmp_p
             paired = [g["paired"] for g in cell["accuracy_gates"] if g.get("paired")]
             assert paired and all(p["documents"] > 0 for p in paired), cell["accuracy_gates"]
         assert "R->W" in text, text[-3000:]
+        # Both agents read models through one ClearML cache: one extracted copy of each compressed
+        # model (its evaluation ran on one agent, its benchmark on the other), none in their homes.
+        extracted = sorted((data / "cache" / "clearml").rglob("*_archive_cache"))
+        assert len(extracted) == 2 and all((d / "config.json").is_file() or any(d.glob("*/config.json"))
+                                           for d in extracted), extracted
+        assert not list((data / "agents").glob("*/.clearml/cache")), list((data / "agents").rglob("cache"))
         assert f"stop it with `automation local down --data-dir {data}`" in text, text[-2000:]
         flow_url = re.search(r"Prefect flow run: (\S+)", text)
         pages = re.search(r"ClearML pages: (\S+)", text)

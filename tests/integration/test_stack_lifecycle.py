@@ -142,14 +142,23 @@ def test_up_twice_status_down_up_keeps_data_and_leaves_no_strays(
     leaked = [str(f) for f in home.rglob("*") if f.is_file() and f.stat().st_mode & 0o077
               and secret.encode() in f.read_bytes()]
     assert leaked == []
-    # The agent's per-step settings (docs/benchmarks.md, "chain per phase"): a 1 s poll of its queue
-    # and of a task's process, and an SDK that reports from a thread, not a subprocess.
+    # The agent's per-step settings (docs/benchmarks.md, "chain per phase"): a 0.5 s poll of its
+    # queue and of a task's process, an SDK that reports from a thread, not a subprocess, and caches
+    # shared with the other agents (ClearML's downloads) and with the user (the Hugging Face hub's).
     agent = procs.running(data.pid_file("agent-q1"))
-    assert agent is not None and agent.environ().get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") == "1"
+    assert agent is not None and agent.environ().get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") == "0.5"
     from pyhocon import ConfigFactory
 
+    users_caches = subprocess.run(  # what the Hugging Face libraries resolve for the user who ran `local up`
+        [sys.executable, "-c", "import datasets.config as d, huggingface_hub.constants as h; "
+         "print(h.HF_HUB_CACHE); print(d.HF_DATASETS_CACHE)"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(session_home)}).stdout.split()
+    assert len(users_caches) == 2, users_caches
+    assert [agent.environ().get("HF_HUB_CACHE"), agent.environ().get("HF_DATASETS_CACHE")] == users_caches
     agent_conf = ConfigFactory.parse_file(str(data.agent_conf))
     assert agent_conf.get("sdk.development.report_use_subprocess") is False
+    assert agent_conf.get("sdk.storage.cache.default_base_dir") == str(data.model_cache)
+    assert oct(data.model_cache.stat().st_mode & 0o777) == "0o700"
     # What `eval "$(automation local up)"` then `source DIR/env` leaves in a shell is DIR/env's env.
     shell = subprocess.run(["bash", "-c", f'eval "$1" && source {shlex.quote(str(data.env_file))} && env', "_",
                             first.stdout], capture_output=True, text=True, timeout=30)

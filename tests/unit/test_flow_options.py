@@ -52,7 +52,7 @@ def test_the_local_defaults_round_trip_through_the_command_line(flow_obj: Any, n
     assert code == 0, out
     assert set(parsed) == set(params)
     assert parsed["compression"] == CompressionOptions(**params["compression"])
-    assert parsed["step_queues"] == StepQueues(evaluate="cpu")
+    assert parsed["step_queues"] == StepQueues(**params["step_queues"]) != StepQueues()
     assert [r.model_dump(mode="json") for r in parsed["performance_rules"]] == params["performance_rules"]
     assert parsed["profile"] == "smoke"
 
