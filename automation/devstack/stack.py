@@ -169,6 +169,9 @@ class LocalStack:
         write_clearml_conf(self.data.clearml_conf, cfg, creds["access_key"], creds["secret_key"])
         write_clearml_conf(self.data.agent_conf, cfg, creds["access_key"], creds["secret_key"],
                            retries=AGENT_RETRIES, cache_dir=self.data.model_cache)
+        for folder in (self.data.model_cache.parent, self.data.model_cache):  # the agents' shared cache: private
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
 
     def _write_env(self, env: dict[str, str]) -> None:
         lines = ["# source this file to point the clearml SDK and agent at the local stack"]
@@ -411,7 +414,7 @@ class LocalStack:
     def _start_agent(self, queue: str, env: dict[str, str], n_agents: int = 1) -> None:
         home = self.data.agent_home(queue)
         # The agent copies its configuration, secret key included, into HOME/tmp: private to us.
-        for folder in (home, home / "tmp", self.data.model_cache.parent, self.data.model_cache):
+        for folder in (home, home / "tmp"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
         agent_env = {
