@@ -17,6 +17,7 @@
     │   └── ApiCallError            the server refused the call
     ├── TaskFailed                  a ClearML task did not complete (carries URL and log tail)
     │   ├── CodeError               the core script raised: the same input fails again
+    │   ├── BadArtifact             the step's output failed its checks (BadArtifactError); not retried
     │   ├── InfrastructureError     agent lost, process killed, preempted (retryable)
     │   ├── OutOfMemoryError        retryable while the spec has a next queue to escalate to
     │   └── TaskTimeout             ran out of time (`phase`: "queue" or "run"); stopped, not retried
@@ -27,7 +28,9 @@
     ├── StackError                  the local stack could not be brought up or down
     └── ToolError                   a library or server run by a core script failed
         ├── BenchmarkError          GuideLLM failed, produced no report, or too many requests errored
-        └── ServerError             the model server could not start, died, or never became ready
+        ├── ServerError             the model server could not start, died, or never became ready
+        ├── BadArtifactError        an output failed its checks (a compressed model that is not usable)
+        └── AcceleratorRequired     the step needs a GPU and the host has none
 
 `retryable` is what the bridge's Prefect retry condition reads; `exit_code` and `label` are what
 the CLI prints (one line, no traceback). Input errors subclass ValueError so that pydantic turns
@@ -193,6 +196,13 @@ class OutOfMemoryError(TaskFailed):
         self.retryable = next_queue is not None
 
 
+class BadArtifact(TaskFailed):
+    """The core script's output checks failed (its status message starts `BadArtifactError:`):
+    the same input makes the same artifact, so no retry, and nothing is queued on it."""
+
+    failure = FailureKind.BAD_ARTIFACT
+
+
 TimeoutPhase = Literal["queue", "run"]
 
 
@@ -214,6 +224,7 @@ TASK_ERRORS: dict[FailureKind, type[TaskFailed]] = {
     FailureKind.CODE: CodeError,
     FailureKind.INFRASTRUCTURE: InfrastructureError,
     FailureKind.OUT_OF_MEMORY: OutOfMemoryError,
+    FailureKind.BAD_ARTIFACT: BadArtifact,
 }
 
 
@@ -267,3 +278,21 @@ class BenchmarkError(ToolError):
 
 class ServerError(ToolError):
     """The model server could not start, died, or did not become ready in time."""
+
+
+class BadArtifactError(ToolError):
+    """A step's output failed its checks (a compressed model that lacks files, does not match its
+    recipe, does not reload, or generates garbage). The same input makes the same artifact: not
+    retried, and nothing downstream is queued on it."""
+
+    label = "bad artifact"
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+
+class AcceleratorRequired(ToolError):
+    """The step needs a GPU (an algorithm or kernel with no CPU path) and the host has none."""
+
+    label = "no accelerator"

@@ -1,8 +1,10 @@
-"""Why a ClearML task did not complete: code error, infrastructure, or out of memory.
+"""Why a ClearML task did not complete: code error, infrastructure, out of memory, or a bad artifact.
 
 The classification decides what a retry may do: a code error is not retried (the same code on the
 same input fails the same way), an infrastructure failure is retried as is, and an out-of-memory
-failure is retried on the next, larger queue of the spec's escalation list.
+failure is retried on the next, larger queue of the spec's escalation list. A bad artifact (the
+core script's output checks refused what it made) is not retried either: the same input makes
+the same artifact.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class FailureKind(StrEnum):
     CODE = "code_error"
     INFRASTRUCTURE = "infrastructure"
     OUT_OF_MEMORY = "out_of_memory"
+    BAD_ARTIFACT = "bad_artifact"
 
 
 _OOM = re.compile(
@@ -41,6 +44,8 @@ _INSTALL = re.compile(
 # The core script found the agent's environment contradicting a pin the task declares
 # (automation/scripts/runtime.py, `mismatch_message`): the same task runs on a right environment.
 _ENVIRONMENT = re.compile(r"^environment: \S+ declared but [^\n]*installed[^\n]*", re.MULTILINE)
+# The core script's output checks failed (automation.errors.BadArtifactError, raised by its main).
+_BAD_ARTIFACT = re.compile(r"^BadArtifactError: ")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception): ", re.MULTILINE)
 
 
@@ -48,6 +53,8 @@ def classify(status: str, status_message: str = "", status_reason: str = "",
              log_tail: Sequence[str] = ()) -> FailureKind:
     """Classify a task that ended failed/stopped (not stopped by us)."""
     text = "\n".join([status_message or "", status_reason or "", *log_tail])
+    if status == "failed" and _BAD_ARTIFACT.match(status_message or ""):
+        return FailureKind.BAD_ARTIFACT
     if _OOM.search(status_message or "") or _OOM.search(status_reason or ""):
         return FailureKind.OUT_OF_MEMORY
     if status == "stopped":

@@ -1,6 +1,7 @@
 """`automation task ...` and `automation standards ...`: every spec field from the command line.
 
     automation standards list
+    automation standards recipe nvfp4
     automation task fields compress
     automation task submit compress --model ./tiny --recipe w4a16 --recipe_args.group_size 64 \\
         --calibration tiny --queue cpu --wait --json result.json
@@ -23,6 +24,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from pydantic import BaseModel
+from rich.markup import escape
 from rich.table import Table
 
 from automation.cli.errors import CommandGroup, console, err_console
@@ -65,6 +67,45 @@ def standards_list(
         for name, text in items:
             table.add_row(name, text)
         console.print(table)
+
+
+@standards_app.command("recipe")
+def standards_recipe(
+    name: Annotated[str, typer.Argument(help="a recipe name (see `automation standards list`) or a file path")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """A recipe's typed arguments (type, default, range, help), what it needs, and its rendering."""
+    from automation.standards.recipes import load_template, render_recipe
+
+    template = load_template(name)
+    needs = {"calibration": "required" if template.needs_calibration else
+             "none needed (data-free" + (", model_free_ptq without it)" if template.model_free else ")"),
+             "model dtypes": ", ".join(template.model_dtypes) or "any",
+             "accelerator": f"GPU only: {template.requires_gpu}" if template.requires_gpu else "CPU or GPU"}
+    arguments = {arg.name: {"type": arg.type, "default": arg.default, "fixed": arg.fixed, "choices": arg.choices,
+                            "min": arg.min, "max": arg.max, "divides": arg.divides, "help": arg.help}
+                 for arg in template.arguments.values()}
+    if as_json:
+        typer.echo(json.dumps({"name": template.name, "description": template.description, "needs": needs,
+                               "arguments": arguments, "rendered": render_recipe(name, {})}, indent=2))
+        return
+    console.print(f"[bold]{template.name}[/bold]: {' '.join(template.description.split())}")
+    for key, value in needs.items():
+        console.print(f"  {key}: {value}")
+    table = Table(title="arguments (recipe_args.NAME)", title_justify="left")
+    for col in ("name", "type", "default", "allowed", "help"):
+        table.add_column(col)
+    for arg_name, arg in arguments.items():
+        allowed = ("fixed by the recipe" if arg["fixed"] else
+                   f"one of {arg['choices']}" if arg["choices"] else
+                   " ".join(f"{k} {arg[k]}" for k in ("min", "max") if arg[k] is not None))
+        if arg["divides"]:
+            allowed = f"{allowed}; divides {', '.join(arg['divides'])}".lstrip("; ")
+        table.add_row(*(escape(text) for text in (arg_name, arg["type"], json.dumps(arg["default"]), allowed,
+                                                   arg["help"])))
+    console.print(table)
+    console.print("rendered with the defaults:")
+    console.print(render_recipe(name, {}), markup=False, highlight=False)
 
 
 # -- fields ----------------------------------------------------------------------------------------

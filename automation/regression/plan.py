@@ -26,10 +26,11 @@ from automation.regression.report_model import BASE_SCHEME
 from automation.regression.tracking import Tracked
 from automation.specs.base import CodeRef, TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
-from automation.specs.compress import CompressSpec
+from automation.specs.compress import CompressSpec, ModelDtype
 from automation.specs.evaluate import EvaluateSpec
 from automation.specs.model_ref import ModelRef
 from automation.standards import load_profile_model, load_suite
+from automation.standards.calibration import CalibrationOptions
 
 Step = Literal["compress", "evaluate", "benchmark"]
 
@@ -55,6 +56,14 @@ class CompressionOptions(BaseModel):
     max_seq_length: int = Field(2048, ge=8, description="calibration sequence length")
     recipe_args: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                    description="recipe template arguments per scheme")
+    calibration_options: CalibrationOptions = Field(
+        default_factory=CalibrationOptions,
+        description="subset, split, revision, text/messages column, chat template, shuffle (docs/compression.md)")
+    dtype: ModelDtype = Field("auto", description="dtype the model is compressed in (bfloat16 for FP4 schemes "
+                                                  "of a float32 model)")
+    model_class: str | None = Field(None, description="transformers class that loads the model "
+                                                      "(none = AutoModelForCausalLM)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own modelling code")
 
 
 class EvaluationOptions(BaseModel):
@@ -259,6 +268,8 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
         return CompressSpec(model=model, recipe=scheme, recipe_args=compression.recipe_args.get(scheme, {}),
                             calibration=compression.calibration, num_samples=compression.num_samples,
                             max_seq_length=compression.max_seq_length, queue=q_compress,
+                            calibration_options=compression.calibration_options, dtype=compression.dtype,
+                            model_class=compression.model_class, trust_remote_code=compression.trust_remote_code,
                             **per_kind[CompressSpec.kind], **envelope)
 
     return ModelPlan(

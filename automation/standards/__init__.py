@@ -424,24 +424,11 @@ def load_profile(name: str) -> dict[str, Any]:
     return load_profile_model(name).model_dump(exclude_none=True)
 
 
-# -- calibration data -----------------------------------------------------------------------------
-# Built locally by the compress core script; any other name goes to llm-compressor as a dataset
-# (its aliases such as open_platypus / ultrachat_200k, or a hub id), which needs the network.
-CALIBRATION_SETS: dict[str, str] = {
-    "tiny": "the tiny suite's facts (built in; for the tiny model and CPU tests)",
-}
-LLMCOMPRESSOR_DATASETS = ("open_platypus", "ultrachat_200k", "ultrachat-200k", "gsm8k", "c4", "wikitext",
-                          "cnn_dailymail", "evolcodealpaca", "flickr", "peoples_speech")
+# -- calibration data: automation/standards/calibration.py -----------------------------------------
+from automation.standards.calibration import (  # noqa: E402 (re-exported: the specs' import path)
+    CALIBRATION_SETS,
+    LLMCOMPRESSOR_DATASETS,
+    check_calibration,
+)
 
-
-def check_calibration(name: str) -> str:
-    import re
-
-    name = name.strip()
-    if name in CALIBRATION_SETS or name in LLMCOMPRESSOR_DATASETS:
-        return name
-    if re.match(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", name):
-        return name  # a hub dataset id
-    raise StandardError(
-        f"unknown calibration dataset {name!r}; built in: {', '.join(CALIBRATION_SETS)}; llm-compressor "
-        f"aliases: {', '.join(LLMCOMPRESSOR_DATASETS)}; or a Hugging Face dataset id (org/name)")
+__all__ = ["CALIBRATION_SETS", "LLMCOMPRESSOR_DATASETS", "check_calibration"]

@@ -86,17 +86,55 @@ def compressed(stack: StackHandle, tiny: Path) -> dict[str, TaskResult]:
     return {name: ok(r) for name, r in results.items()}
 
 
+# A base model's tokenizer has no chat template (the tiny one neither): the spec brings one.
+CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def chat_calibration_spec(tiny: Path, directory: Path) -> CompressSpec:
+    """W4A16 calibrated on a local JSONL set in messages form, rendered with a chat template."""
+    from automation.scripts.lib.tiny_model import tiny_corpus
+
+    path = directory / "chat_calibration.jsonl"
+    rows = [{"messages": [{"role": "user", "content": text.split("\nA:")[0].removeprefix("Q: ")},
+                          {"role": "assistant", "content": text.split("\nA:")[-1].strip()}]}
+            for text in tiny_corpus() if text.startswith("Q: ")][:12]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return CompressSpec(project=PROJECT, model=str(tiny), recipe="w4a16_asym", calibration=str(path),
+                        num_samples=8, max_seq_length=64, queue="cpu", seed=1,
+                        calibration_options={"messages_column": "messages", "apply_chat_template": True,
+                                             "chat_template": CHAT_TEMPLATE, "shuffle": True})
+
+
 @pytest.fixture(scope="module")
-def evals_and_fp8(stack: StackHandle, tiny: Path, compressed: dict[str, TaskResult]) -> dict[str, TaskResult]:
+def evals_and_fp8(stack: StackHandle, tiny: Path, compressed: dict[str, TaskResult],
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, TaskResult]:
+    # fp8_dynamic without calibration data: the data-free path (model_free_ptq).
     fp8 = CompressSpec(project=PROJECT, model=str(tiny), recipe="fp8_dynamic", calibration=None, queue="cpu")
+    chat = chat_calibration_spec(tiny, tmp_path_factory.mktemp("calibration"))
     base = EvaluateSpec(project=PROJECT, model=str(tiny), suite="tiny", queue="gpu")
     w8a8 = EvaluateSpec(project=PROJECT, model=ModelRef.from_result(compressed["w8a8"]), suite="tiny",
                         queue="gpu")
-    r_fp8, r_base = run_all(fp8, base)
+    r_fp8, r_chat, r_base = run_all(fp8, chat, base)
     bench = BenchmarkSpec(project=PROJECT, model=ModelRef.from_result(compressed["w8a8"]), profile="smoke",
                           queue="cpu", startup_timeout_s=180, repetitions=3)
     r_w8a8, r_bench = run_all(w8a8, bench)
-    return {"fp8_dynamic": ok(r_fp8), "base": ok(r_base), "w8a8": ok(r_w8a8), "bench": ok(r_bench)}
+    return {"fp8_dynamic": ok(r_fp8), "chat": ok(r_chat), "base": ok(r_base), "w8a8": ok(r_w8a8),
+            "bench": ok(r_bench)}
+
+
+def test_data_free_and_chat_templated_calibration(evals_and_fp8: dict[str, TaskResult], stack: StackHandle) -> None:
+    fp8 = json.loads(fetch_file(stack.env, evals_and_fp8["fp8_dynamic"].artifacts["compress_result"]).text)
+    assert fp8["path"] == "model_free_ptq" and fp8["calibration"] is None and fp8["num_samples"] == 0
+    assert fp8["output_checks"]["problems"] == []
+    chat = json.loads(fetch_file(stack.env, evals_and_fp8["chat"].artifacts["compress_result"]).text)
+    data = chat["calibration_data"]
+    assert chat["path"] == "oneshot" and data["kind"] == "file" and data["source"] == "file:chat_calibration.jsonl"
+    assert data["templated"] and data["rows_available"] == 12 and data["samples"] == chat["num_samples"] == 8
+    assert data["messages_column"] == "messages" and len(data["rows_sha256"]) == 64 and data["chat_template_sha256"]
+    # The agent rendered the rows with the spec's template (shuffled with seed 1), then tokenized them.
+    assert data["first_sample"].startswith("<s>user: ") and "\n<s>assistant: " in data["first_sample"]
+    assert data["tokens_mean"] > 5 and chat["output_checks"]["problems"] == []
+    assert json.loads(json.dumps(chat["recipe_args"])) == {}
 
 
 def test_compress_reports_and_uploads_loadable_models(compressed: dict[str, TaskResult],
@@ -121,9 +159,10 @@ def test_compress_reports_and_uploads_loadable_models(compressed: dict[str, Task
         assert (model_dir / "recipe.yaml").is_file(), name
         assert json.loads((model_dir / "config.json").read_text())["quantization_config"], name
         model_dirs.append(str(model_dir))
-    code = ("import sys; from automation.scripts.lib.compress_core import load_and_generate\n"
+    code = ("import sys; from automation.scripts.lib.output_checks import load_and_generate\n"
             "for d in sys.argv[1:]:\n"
-            "    r = load_and_generate(d); assert r['new_tokens'] >= 1, (d, r); print(r)")
+            "    r = load_and_generate(d, 'Q: What color is the brabel?\\nA:')\n"
+            "    assert r['new_tokens'] >= 1, (d, r); print(r)")
     proc = subprocess.run([sys.executable, "-c", code, *model_dirs], cwd=REPO, env=ENV, timeout=180,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,7 +14,15 @@ from pydantic import SecretStr
 from automation.clearml.client import ClearMLBackend
 from automation.clearml.failures import FailureKind, classify, environment_error, install_error
 from automation.clearml.settings import ClearMLSettings
-from automation.errors import BackendUnavailable, CodeError, InfrastructureError, OutOfMemoryError, ServerUnreachable
+from automation.errors import (
+    TASK_ERRORS,
+    BackendUnavailable,
+    BadArtifact,
+    CodeError,
+    InfrastructureError,
+    OutOfMemoryError,
+    ServerUnreachable,
+)
 
 TRACEBACK = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
              "RuntimeError: debug task asked to fail"]
@@ -63,6 +71,11 @@ def test_the_scripts_line_is_what_an_environment_mismatch_says() -> None:
          ["environment: llmcompressor==0.14.0 declared but 0.13.1 is installed (the agent's environment does not "
           "match the task; rebuild it or change the pin)", "Process failed, exit code 1"],
          FailureKind.INFRASTRUCTURE),
+        # the compress script's output checks refused the model it made (scripts/lib/output_checks.py)
+        ("failed", "BadArtifactError: compressed model in /w/compressed failed its output checks: no tokenizer",
+         "BadArtifactError: compressed model", TRACEBACK, FailureKind.BAD_ARTIFACT),
+        # ... but a traceback that merely mentions one in its text is a code error
+        ("failed", "RuntimeError: could not raise BadArtifactError: ", "", TRACEBACK, FailureKind.CODE),
     ],
 )
 def test_classify(status: str, message: str, reason: str, tail: list[str], expected: FailureKind) -> None:
@@ -77,6 +90,8 @@ def test_errors_carry_url_and_log_tail_and_retryability() -> None:
     assert OutOfMemoryError("t1", "u", "failed", "", [], queue="gpu", next_queue="cpu").retryable
     last = OutOfMemoryError("t1", "u", "failed", "", [], queue="cpu", next_queue=None)
     assert not last.retryable and last.next_queue is None
+    bad = TASK_ERRORS[FailureKind.BAD_ARTIFACT]("t1", "u", "failed", "BadArtifactError: no tokenizer", [])
+    assert isinstance(bad, BadArtifact) and not bad.retryable and "bad_artifact" in str(bad)
 
 
 # -- transport failures: which end a call at once -------------------------------------------------

@@ -61,6 +61,18 @@ def test_plan_builds_every_spec_with_the_right_queues(model_dir: Path) -> None:
     assert mp.bench_for(compressed).profile == "smoke"
 
 
+def test_compression_options_reach_every_compress_spec(model_dir: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "calib.jsonl"
+    rows.write_text('{"body": "one calibration sentence"}\n')
+    options = CompressionOptions(calibration=str(rows), calibration_options={"text_column": "body", "shuffle": True},
+                                 dtype="bfloat16", model_class="AutoModelForCausalLM", trust_remote_code=True)
+    (mp,) = plan(model_dir, schemes=["w4a16", "nvfp4"], compression=options).models
+    for spec in mp.compress.values():
+        assert spec.calibration == "file:calib.jsonl" and spec.calibration_options.rows == rows.read_text()
+        assert spec.calibration_options.text_column == "body" and spec.dtype == "bfloat16"
+        assert spec.model_class == "AutoModelForCausalLM" and spec.trust_remote_code
+
+
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"schemes": []}, "schemes"),
     ({"schemes": ["w4a16", "w4a16"]}, "schemes"),

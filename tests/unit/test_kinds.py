@@ -61,7 +61,7 @@ def test_round_trip_through_the_task_form(kind: str, model_dir: Path) -> None:
 
 def test_args_and_configuration_split(model_dir: Path) -> None:
     assert set(CompressSpec.arg_fields()) >= {"recipe", "calibration", "num_samples", "max_seq_length", "seed"}
-    assert set(CompressSpec.config_fields()) == {"model", "recipe_args"}
+    assert set(CompressSpec.config_fields()) == {"model", "recipe_args", "calibration_options"}
     assert set(EvaluateSpec.config_fields()) == {"model", "tasks", "vllm_args"}
     assert set(BenchmarkSpec.config_fields()) == {"model", "tokenizer", "server_args", "server_env"}
     spec = examples(model_dir)["evaluate"]
@@ -88,7 +88,7 @@ def test_identity_is_stable_across_processes(model_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "match"),
     [
-        ({"recipe": "w4a17"}, r"recipe: .*unknown recipe 'w4a17'; known: fp8_dynamic, w4a16, w8a8"),
+        ({"recipe": "w4a17"}, r"recipe: .*unknown recipe 'w4a17'; known: autoround_w4a16, awq_w4a16, fp8, "),
         ({"recipe_args": {"group_sz": 64}}, r"recipe_args: .*unknown argument\(s\) \['group_sz'\]"),
         ({"recipe_args": {"group_size": "64"}}, r"recipe_args: .*'group_size' must be int"),
         ({"recipe_args": {"group_size": 96}}, r"recipe_args: .*'group_size'=96 does not divide hidden_size=128"),
@@ -172,7 +172,10 @@ def test_cli_parses_dotted_overrides_by_field_type(model_dir: Path) -> None:
         "--tags", "a,b", "--code.working_dir", "sub", "--verify", "false"])
     assert values["recipe_args"] == {"group_size": 64, "ignore": ["lm_head", "re:.*gate"]}
     assert values["num_samples"] == 8 and values["verify"] is False
-    assert build(CompressSpec, values).calibration is None  # type: ignore[attr-defined]
+    # "none" is no calibration data, which GPTQ cannot do without:
+    with pytest.raises(SpecError, match=r"calibration: recipe 'w4a16' observes calibration data; set calibration"):
+        build(CompressSpec, values)
+    assert build(CompressSpec, {**values, "calibration": "tiny"}).calibration == "tiny"  # type: ignore[attr-defined]
     assert values["tags"] == ["a", "b"] and values["code"] == {"working_dir": "sub"}
     spec = spec_from_cli("evaluate", ["--model", str(model_dir), "--tasks", '["x","y"]', "--limit", "4",
                                       "--batch-size", "auto", "--vllm_args.max_model_len", "4096"])

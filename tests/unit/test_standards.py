@@ -28,11 +28,12 @@ from automation.standards import (
     tasks_dir_is_local,
 )
 from automation.standards.recipes import load_template, render_recipe
+from tests.unit.test_compress_breadth import NAMED_RECIPES
 
 
 def test_every_shipped_standard_loads_and_is_listed() -> None:
     listed = list_standards()
-    assert [n for n, _ in listed["recipes"]] == ["fp8_dynamic", "w4a16", "w8a8"]
+    assert [n for n, _ in listed["recipes"]] == sorted(NAMED_RECIPES)
     assert {"tiny", "openllm", "leaderboard"} <= {n for n, _ in listed["suites"]}
     assert {"chat", "rag", "summarization", "code_completion", "long_context", "smoke"} <= {
         n for n, _ in listed["profiles"]}

@@ -1,0 +1,139 @@
+"""Every named recipe on the tiny model on CPU, with its output checks; and the checks catching
+damaged outputs.
+
+The recipes run in one subprocess (testing/scheme_matrix.py: torch and llm-compressor load once,
+~35 s for all); torch never loads into the pytest process. A recipe without a CPU path
+(`requires_gpu`: AWQ in llm-compressor 0.14) is validated only: on this host it must fail fast
+with the GPU message, before the model is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from automation.standards import names
+from automation.standards.recipes import load_template
+from testing.scheme_matrix import RUNS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+PROMPT = "Q: What color is the brabel?\nA:"
+DATA_FREE = {"int8", "fp8_dynamic", "fp8_block"}  # float32 model, no calibration: model_free_ptq
+
+
+@pytest.fixture(scope="module")
+def matrix(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("schemes")
+    proc = subprocess.run([sys.executable, "-m", "testing.scheme_matrix", "--model", str(tiny_model),
+                           "--out", str(out)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    print(proc.stdout)  # the table, for the log
+    rows: dict[str, dict[str, Any]] = json.loads((out / "matrix.json").read_text())
+    return rows
+
+
+def test_the_matrix_covers_every_named_recipe() -> None:
+    assert {how.get("recipe", label) for label, how in RUNS.items()} == set(names("recipe"))
+
+
+@pytest.mark.parametrize("label", sorted(RUNS))
+def test_recipe_runs_on_cpu_or_fails_fast_without_a_gpu(label: str, matrix: dict[str, dict[str, Any]]) -> None:
+    row = matrix[label]
+    template = load_template(row["recipe"])
+    if template.requires_gpu:
+        assert row["outcome"] == "validated only", row
+        assert "needs a GPU" in row["error"] and "GPU queue" in row["error"] and row["seconds"] < 5
+        return
+    assert row["outcome"] == "ran", row.get("traceback", row)
+    result = row["result"]
+    checks = result["output_checks"]
+    assert checks["problems"] == [] and checks["generation"]["new_tokens"] >= 1
+    assert checks["generation"]["completion"].strip(), checks
+    assert result["path"] == ("model_free_ptq" if label in DATA_FREE else "oneshot")
+    assert result["compute_s"] > 0 and result["peak_rss_mb"] > 0 and result["wall_s"] >= result["compute_s"]
+    out = Path(result["output_dir"])
+    config = json.loads((out / "config.json").read_text())
+    if label == "sparsegpt_2of4":  # dense storage, half the weights zero
+        assert checks["sparsity"]["weights_checked"] == 14 and checks["sparsity"]["weights_not_sparse"] == 0
+        return
+    quant = config["quantization_config"]
+    assert quant["quant_method"] == "compressed-tensors"
+    # The tiny model's float32 embeddings and lm_head stay as they are; Linear weights shrink 2-8x.
+    assert result["size_ratio"] < 0.5, result["size_ratio"]
+    assert bool(quant.get("kv_cache_scheme")) == (label == "fp8+kv_cache")
+    if row["dtype"] == "bfloat16":
+        assert config["dtype"] == "bfloat16"
+
+
+def _check(model_dir: Path, recipe: str) -> dict[str, Any]:
+    """Run the output checks on `model_dir` in a subprocess; the BadArtifactError message, or 'ok'."""
+    code = ("import sys, json\n"
+            "from automation.errors import BadArtifactError\n"
+            "from automation.scripts.lib.output_checks import check_output\n"
+            "from automation.standards.recipes import render_recipe\n"
+            "for d, r in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    try:\n"
+            f"        check_output(d, render_recipe(r), {PROMPT!r}); print(json.dumps({{'dir': d, 'error': None}}))\n"
+            "    except BadArtifactError as e:\n"
+            "        print(json.dumps({'dir': d, 'error': str(e), 'problems': e.report['problems']}))\n")
+    return {"code": code, "args": [str(model_dir), recipe]}
+
+
+def test_output_checks_catch_damaged_models(matrix: dict[str, dict[str, Any]], tiny_model: Path,
+                                           tmp_path: Path) -> None:
+    good = Path(matrix["w4a16"]["result"]["output_dir"])
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def damaged(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(good, target)
+        return target
+
+    no_tokenizer = damaged("no-tokenizer")
+    for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / tokenizer_file).unlink()
+    cases["no-tokenizer"] = (no_tokenizer, "w4a16")
+    wrong_format = damaged("wrong-format")
+    (wrong_format / "config.json").write_text(json.dumps([{"hidden_size": 128}]))
+    cases["wrong-format"] = (wrong_format, "w4a16")
+    no_weights = damaged("no-weights")
+    for weights in no_weights.glob("*.safetensors"):
+        weights.unlink()
+    cases["no-weights"] = (no_weights, "w4a16")
+    cases["other-scheme"] = (good, "w8a16")  # a W4A16 model is not what a W8A16 recipe makes
+    cases["not-sparse"] = (tiny_model, "sparsegpt_2of4")  # the dense base model: nothing pruned
+    zeroed = damaged("zeroed")  # loads, but every weight is NaN: nothing sensible comes out
+    code = ("import sys, torch\nfrom safetensors.torch import load_file, save_file\n"
+            "p = sys.argv[1]; t = load_file(p)\n"
+            "nan = {k: (torch.full_like(v, float('nan')) if v.is_floating_point() else v) for k, v in t.items()}\n"
+            "save_file(nan, p, metadata={'format': 'pt'})")
+    subprocess.run([sys.executable, "-c", code, str(next(zeroed.glob("*.safetensors")))], env=ENV, check=True,
+                   timeout=120)
+    cases["nan-weights"] = (zeroed, "w4a16")
+    cases["good"] = (good, "w4a16")
+
+    probe = _check(good, "w4a16")
+    args = [a for path, recipe in cases.values() for a in (str(path), recipe)]
+    proc = subprocess.run([sys.executable, "-c", probe["code"], *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    by_case = dict(zip(cases, found, strict=True))
+    assert by_case["good"]["error"] is None
+    expect = {"no-tokenizer": "no tokenizer", "wrong-format": "config.json is not a JSON object",
+              "no-weights": "no weight files", "other-scheme": "no group matching the recipe",
+              "not-sparse": "are not 2:4 sparse", "nan-weights": "non-finite logits"}
+    for case, needle in expect.items():
+        error = by_case[case]["error"]
+        assert error and needle in error and error.startswith("compressed model in"), (case, error)
