@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from automation.errors import SpecError
+from automation.errors import InputError, SpecError
 from automation.specs.base import META_CONFIG, TaskSpec
 from automation.specs.hocon import loads
 from automation.specs.registry import get_kind
@@ -469,7 +469,10 @@ def run(main: CoreMain, kind: str, argv: list[str] | None = None) -> None:
         except SpecError as exc:
             parser.exit(2, f"error: {exc}\n")  # bad input: the message, not a traceback
         _load_secrets(spec)
-        main(spec, LocalReporter(args.out))
+        try:
+            main(spec, LocalReporter(args.out))
+        except InputError as exc:  # the user's mistake, found by the script: one line, no traceback
+            parser.exit(2, f"error: {exc}\n")
         _exit_now(0)
 
     marks = {"entered": time.monotonic()}

@@ -137,3 +137,49 @@ def test_output_checks_catch_damaged_models(matrix: dict[str, dict[str, Any]], t
     for case, needle in expect.items():
         error = by_case[case]["error"]
         assert error and needle in error and error.startswith("compressed model in"), (case, error)
+
+
+def test_dataset_loader_takes_split_column_and_shuffle(tiny_model: Path, tmp_path: Path) -> None:
+    """The hub loader's code path (datasets.load_dataset, split slicing, column, shuffle with the
+    seed) on a dataset directory: no network here, and `load_dataset` reads `org/name` from a
+    directory of that name when there is one."""
+    data = tmp_path / "calib" / "facts"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("".join(json.dumps({"body": f"fact number {i}.", "id": i}) + "\n"
+                                              for i in range(10)))
+    code = ("import json, sys\n"
+            "from transformers import AutoTokenizer\n"
+            "from automation.scripts.lib.calibration_data import load\n"
+            "from automation.standards.calibration import CalibrationOptions\n"
+            "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+            "opts = CalibrationOptions(split='train[:6]', text_column='body', shuffle=True)\n"
+            "ds, info = load('calib/facts', opts, tok, 4, 16, 3)\n"
+            "info['n'] = len(ds); info['columns'] = ds.column_names\n"
+            "print(json.dumps(info))\n"
+            "try:\n"
+            "    load('calib/facts', CalibrationOptions(text_column='text'), tok, 4, 16, 3)\n"
+            "except ValueError as e:\n"
+            "    print(json.dumps({'error': str(e)}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_model)], cwd=tmp_path,
+                          env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info, bad = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))
+    assert info["kind"] == "hub" and info["rows_available"] == 6 and info["samples"] == info["n"] == 4
+    assert info["columns"] == ["input_ids", "attention_mask"] and info["fingerprint"]
+    assert info["first_sample"].startswith("fact number ") and info["first_sample"] != "fact number 0."
+    assert info["split"] == "train[:6]" and info["text_column"] == "body" and info["truncated"] == 0
+    assert "no column 'text' (columns: body, id)" in bad["error"]
+
+
+def test_unknown_model_class_is_one_line_before_the_model_is_fetched(tmp_path: Path, tiny_model: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "compress", "model": str(tiny_model), "recipe": "fp8_dynamic",
+                                "calibration": None, "model_class": "NoSuchModelClass"}))
+    proc = subprocess.run([sys.executable, "-m", "automation.scripts.compress", "--spec", str(spec), "--out",
+                           str(tmp_path / "out")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: model_class: transformers 5.17.0 has no model class 'NoSuchModelClass'" in proc.stderr
+    assert "fetching model" not in proc.stdout and not (tmp_path / "out" / "compress").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 from automation.scripts.lib.tiny_model import tiny_corpus
@@ -20,18 +21,24 @@ def needs_hub(source: str | None) -> bool:
     return source is not None and source_kind(source) in ("hub", "llmcompressor")
 
 
-def _tiny_rows(num_samples: int) -> list[str]:
+# A loader: (source, options, num_samples, seed) -> (rows, what to record). Rows are text or
+# message lists; the loader may cut and shuffle them itself (the hub one does, to read less).
+Rows = tuple[list[Any], dict[str, Any]]
+Loader = Callable[[str, CalibrationOptions, int, int], Rows]
+
+
+def _tiny_rows(source: str, options: CalibrationOptions, num_samples: int, seed: int) -> Rows:
     texts = tiny_corpus()
     # Cycle the ~100 facts so any requested sample count is honoured exactly.
-    return [texts[i % len(texts)] for i in range(num_samples)]
+    return [texts[i % len(texts)] for i in range(num_samples)], {}
 
 
-def _file_rows(options: CalibrationOptions) -> list[Any]:
+def _file_rows(source: str, options: CalibrationOptions, num_samples: int, seed: int) -> Rows:
     column = options.column()
-    return [json.loads(line)[column] for line in (options.rows or "").splitlines() if line.strip()]
+    return [json.loads(line)[column] for line in (options.rows or "").splitlines() if line.strip()], {}
 
 
-def _hub_rows(source: str, options: CalibrationOptions, num_samples: int, seed: int) -> tuple[list[Any], str | None]:
+def _hub_rows(source: str, options: CalibrationOptions, num_samples: int, seed: int) -> Rows:
     from datasets import load_dataset
 
     dataset = load_dataset(source, options.subset, split=options.split or "train", revision=options.revision)
@@ -39,10 +46,16 @@ def _hub_rows(source: str, options: CalibrationOptions, num_samples: int, seed: 
     if column not in dataset.column_names:
         raise ValueError(f"calibration {source}: no column {column!r} (columns: {', '.join(dataset.column_names)}); "
                          "set calibration_options.text_column or messages_column")
+    available = len(dataset)
     if options.shuffle:
         dataset = dataset.shuffle(seed=seed)
-    dataset = dataset.select(range(min(num_samples, len(dataset))))
-    return list(dataset[column]), getattr(dataset, "_fingerprint", None)
+    dataset = dataset.select(range(min(num_samples, available)))
+    return list(dataset[column]), {"rows_available": available, "fingerprint": getattr(dataset, "_fingerprint", None)}
+
+
+# By source kind (automation.standards.calibration.source_kind); llm-compressor's aliases go to
+# `oneshot` by name, with its own loader.
+LOADERS: dict[str, Loader] = {"builtin": _tiny_rows, "file": _file_rows, "hub": _hub_rows}
 
 
 def render(rows: list[Any], options: CalibrationOptions, tokenizer: Any) -> list[str]:
@@ -63,16 +76,11 @@ def load(source: str, options: CalibrationOptions, tokenizer: Any, num_samples: 
     """(what `oneshot` takes as `dataset`, what the result records about it)."""
     info = describe(source, options)
     kind = source_kind(source)
-    if kind == "llmcompressor":
-        return source, info  # llm-compressor's own loader and preprocessing
-    if kind == "builtin":
-        rows: list[Any] = _tiny_rows(num_samples)
-    elif kind == "file":
-        rows = _file_rows(options)
-    else:
-        rows, fingerprint = _hub_rows(source, options, num_samples, seed)
-        info["fingerprint"] = fingerprint
+    if kind not in LOADERS:
+        return source, info  # an llm-compressor alias: its own loader and preprocessing
+    rows, found = LOADERS[kind](source, options, num_samples, seed)
     info["rows_available"] = len(rows)
+    info.update(found)
     if options.shuffle and kind != "hub":
         random.Random(seed).shuffle(rows)
     rows = rows[:num_samples]
