@@ -12,6 +12,7 @@ deployments/prefect.yaml` instead (README, "Production"); `build()` is what both
 Deployments (flow/deployment):
 - `compress-evaluate-benchmark/compress-evaluate-benchmark`: one model x schemes, on demand.
 - `sweep/sweep`: models x schemes x suites, on demand.
+- `recipe-search/recipe-search`: a recipe search (Optuna study, resumable), on demand.
 - `nightly-regression/nightly`: cron 02:00 Europe/Berlin; the schedule's own parameters put its
   runs in the series `nightly` and fail them on a regression, while runs started by hand from the
   same deployment go to `nightly-manual` (they never disturb the night-to-night trend); at most
@@ -48,6 +49,9 @@ def production_parameters() -> dict[str, dict[str, Any]]:
         "sweep": {"models": ["hf:meta-llama/Llama-3.1-8B-Instruct"], "schemes": ["w4a16", "fp8_dynamic"],
                   "suites": ["openllm"], "profile": "chat"},
         "nightly": {"series": "nightly-manual", "fail_on": "error"},
+        "recipe-search": {"model": "hf:meta-llama/Llama-3.1-8B-Instruct", "recipe": "w4a16",
+                          "space": {"dampening_frac": "0.001:0.1:log", "actorder": "static,weight"},
+                          "trials": 16, "objectives": ["recovery", "size"], "suite": "openllm", "queue": "a100x1"},
     }
 
 
@@ -70,6 +74,7 @@ def build(tiny_model: Path | None = None, nightly_every_s: float | None = None,
 
     from flows.compress_evaluate_benchmark import compress_evaluate_benchmark
     from flows.nightly import nightly_regression
+    from flows.recipe_search import recipe_search
     from flows.sweep import sweep
 
     params = local_parameters(tiny_model) if tiny_model else production_parameters()
@@ -91,6 +96,11 @@ def build(tiny_model: Path | None = None, nightly_every_s: float | None = None,
             description="Nightly regression: sweep the configured matrix, compare with the accepted baselines "
                         "and the previous night, fail on a regression.",
             **{**common, "tags": [*TAGS, "nightly", "regression"]}),
+        "recipe-search": recipe_search.to_deployment(
+            "recipe-search", parameters=params["recipe-search"],
+            description="Multi-objective search over a recipe's arguments (Optuna): every trial is compress -> "
+                        "evaluate (-> benchmark) as ClearML tasks; resumable; Pareto report.",
+            **{**common, "tags": [*TAGS, "on-demand", "search"]}),
     }
     unknown = set(only or []) - set(deployments)
     if unknown:

@@ -8,6 +8,7 @@ import re
 from automation.regression.report.format import outcome_word, table_rows
 from automation.regression.report.markdown import render_markdown
 from automation.regression.report_model import Report
+from automation.search.report import SearchReport
 
 log = logging.getLogger("flows.publish")
 
@@ -41,3 +42,20 @@ async def publish_prefect(report: Report, key: str | None = None) -> list[str]:
     return [str(i) for i in ids]
 
 
+
+
+async def publish_search_prefect(report: SearchReport) -> list[str]:
+    """A recipe search's markdown and trial table as artifacts of the current flow run."""
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return []
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    from automation.search.report import render_markdown, table_rows
+
+    base = artifact_key(f"search-{report.study_name}")
+    described = f"{report.title}: {len(report.completed())} trials, Pareto front {report.pareto}"
+    ids = [await acreate_markdown_artifact(render_markdown(report), key=base, description=described),
+           await acreate_table_artifact(table_rows(report), key=f"{base}-trials", description=described)]
+    return [str(i) for i in ids]

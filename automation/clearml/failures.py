@@ -44,8 +44,10 @@ _INSTALL = re.compile(
 # The core script found the agent's environment contradicting a pin the task declares
 # (automation/scripts/runtime.py, `mismatch_message`): the same task runs on a right environment.
 _ENVIRONMENT = re.compile(r"^environment: \S+ declared but [^\n]*installed[^\n]*", re.MULTILINE)
-# The core script's output checks failed (automation.errors.BadArtifactError, raised by its main).
-_BAD_ARTIFACT = re.compile(r"^BadArtifactError: ")
+# The core script's output checks failed (automation.errors.BadArtifactError, raised by its main):
+# the status message the script set, or (when the agent replaced it on exit) the traceback's last
+# line in the log.
+_BAD_ARTIFACT = re.compile(r"^(?:[\w.]+\.)?BadArtifactError: ", re.MULTILINE)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w+(Error|Exception): ", re.MULTILINE)
 
 
@@ -53,7 +55,7 @@ def classify(status: str, status_message: str = "", status_reason: str = "",
              log_tail: Sequence[str] = ()) -> FailureKind:
     """Classify a task that ended failed/stopped (not stopped by us)."""
     text = "\n".join([status_message or "", status_reason or "", *log_tail])
-    if status == "failed" and _BAD_ARTIFACT.match(status_message or ""):
+    if status == "failed" and _BAD_ARTIFACT.search(text):
         return FailureKind.BAD_ARTIFACT
     if _OOM.search(status_message or "") or _OOM.search(status_reason or ""):
         return FailureKind.OUT_OF_MEMORY

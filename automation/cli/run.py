@@ -55,6 +55,7 @@ def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path 
     from automation.prefect_api import check_prefect_api
     from automation.regression.report.console import render_console
     from automation.regression.report.format import write_json
+    from automation.regression.report_model import Report
 
     check_prefect_api()  # an unreachable PREFECT_API_URL: one line, before any server is asked anything
     asyncio.run(_check(prepare, parameters))  # bad input: one line, by the command group
@@ -65,6 +66,9 @@ def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path 
     except RunFailed as exc:  # the report is still printed
         report, code = exc.report, 1
         err_console.print(f"[red]run failed:[/red] {exc}")
+    if not isinstance(report, Report):  # a recipe search
+        _print_search(report, json_out)
+        raise typer.Exit(code)
     console.print(render_console(report))
     if report.summary_task_url:
         console.print(f"ClearML summary task: {report.summary_task_url}")
@@ -74,6 +78,17 @@ def _run(flow_fn: Any, prepare: Any, parameters: dict[str, Any], json_out: Path 
         write_json(report, json_out)
         console.print(f"report JSON: {json_out}")
     raise typer.Exit(code)
+
+
+def _print_search(report: Any, json_out: Path | None) -> None:
+    from automation.search.report import render_markdown
+
+    console.print(render_markdown(report), markup=False, highlight=False)
+    if report.summary_task_url:
+        console.print(f"ClearML summary task: {report.summary_task_url}")
+    if json_out:
+        json_out.write_text(report.model_dump_json(indent=2))
+        console.print(f"search JSON: {json_out}")
 
 
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")]
@@ -86,6 +101,7 @@ FLOWS: dict[str, tuple[str, str]] = {
     "compress-evaluate-benchmark": ("flows.compress_evaluate_benchmark", "compress_evaluate_benchmark"),
     "sweep": ("flows.sweep", "sweep"),
     "nightly-regression": ("flows.nightly", "nightly_regression"),
+    "hpo": ("flows.recipe_search", "recipe_search"),
 }
 
 

@@ -31,4 +31,7 @@ def local_parameters(tiny_model: Path) -> dict[str, dict[str, Any]]:
                                         **common},
         "sweep": dict(matrix),
         "nightly": {**matrix, "series": "nightly-manual", "fail_on": "error"},
+        "recipe-search": {"model": str(tiny_model), "recipe": "w4a16", "suite": "tiny", "queue": "gpu",
+                          "space": {"dampening_frac": "0.001:0.1:log", "actorder": "static,weight"}, "trials": 4,
+                          "step_queues": {"evaluate": "cpu"}, "compression": compression},
     }

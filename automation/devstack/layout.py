@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from automation.errors import StackError
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("AUTOMATION_DATA_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "llm-automation" / "local"
 
 
 class DataDir:

@@ -32,7 +32,7 @@ import httpx
 
 from automation.clearml.admin import AdminClient
 from automation.devstack import procs
-from automation.devstack.layout import DataDir
+from automation.devstack.layout import DataDir, default_data_dir
 from automation.devstack.postgres import LocalPostgres
 from automation.devstack.procs import log_tail as _tail
 from automation.devstack.procs import port_free as _port_free
@@ -49,11 +49,6 @@ SERVE_START_TIMEOUT_S = 180.0
 SERVED_DEPLOYMENTS = ("compress-evaluate-benchmark", "sweep", "nightly")
 CLEARML_PORTS = ("api", "files", "web")
 PREFECT_DBS = ("sqlite", "postgres")
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("AUTOMATION_DATA_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "llm-automation" / "local"
 
 
 def _free_port() -> int:

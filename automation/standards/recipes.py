@@ -169,7 +169,7 @@ def load_template(name_or_text: str) -> RecipeTemplate:
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
-def _check_value(recipe: str, spec: ArgSpec, value: Any) -> Any:
+def check_value(recipe: str, spec: ArgSpec, value: Any) -> Any:
     where = f"recipe {recipe!r}: argument {spec.name!r}"
     if value is None:
         if not spec.nullable:
@@ -213,7 +213,7 @@ def resolve_arguments(template: RecipeTemplate, args: dict[str, Any] | None) -> 
         raise RecipeError(f"recipe {template.name!r}: argument {spec.name!r} is fixed at {spec.default!r} by the "
                           "recipe; choose another recipe (`automation standards list`) or give a recipe file")
     return {
-        name: _check_value(template.name, spec, args.get(name, spec.default))
+        name: check_value(template.name, spec, args.get(name, spec.default))
         for name, spec in template.arguments.items()
     }
 

@@ -226,3 +226,30 @@ def test_a_second_run_reuses_finished_work(compressed: dict[str, TaskResult], ti
                                     num_samples=16, max_seq_length=64, queue="gpu"))  # queue is not identity
     assert again.reused and again.task_id == compressed["w4a16"].task_id
     assert time.monotonic() - started < 10
+
+
+def test_a_bad_artifact_fails_the_step_typed_and_is_not_retried(stack: StackHandle, tiny: Path,
+                                                                evals_and_fp8: dict[str, TaskResult]) -> None:
+    """A recipe that quantizes nothing (every module ignored) saves an uncompressed model: the output
+    checks refuse it, the step fails as a bad artifact (one task, no retry) and nothing is uploaded."""
+    from automation.errors import BadArtifact
+    from flows.bridge import backend, execute
+    from testing.stacks import admin_client
+
+    spec = CompressSpec(project=PROJECT, model=str(tiny), recipe="int8", calibration=None, queue="cpu",
+                        recipe_args={"ignore": ["re:.*"]})
+
+    async def go() -> None:
+        try:
+            await execute(spec, max_wait_s=300)
+        finally:
+            await backend().aclose()
+
+    with pytest.raises(BadArtifact, match=r"bad_artifact") as info:
+        asyncio.run(go())
+    assert not info.value.retryable
+    assert any("config.json has no quantization_config" in line for line in info.value.log_tail), info.value.log_tail
+    tasks = admin_client(stack.env).call("tasks.get_all", {"tags": [f"identity:{spec.identity()}"],
+                                                           "only_fields": ["id", "status", "models"]})["tasks"]
+    assert len(tasks) == 1 and tasks[0]["status"] == "failed", tasks
+    assert not (tasks[0].get("models") or {}).get("output"), tasks[0]

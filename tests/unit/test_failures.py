@@ -74,6 +74,11 @@ def test_the_scripts_line_is_what_an_environment_mismatch_says() -> None:
         # the compress script's output checks refused the model it made (scripts/lib/output_checks.py)
         ("failed", "BadArtifactError: compressed model in /w/compressed failed its output checks: no tokenizer",
          "BadArtifactError: compressed model", TRACEBACK, FailureKind.BAD_ARTIFACT),
+        # ... or, the agent having replaced the status message on exit, the traceback's last line
+        ("failed", "Changed by clearml-agent local-cpu", "", [*TRACEBACK[:-1],
+                                                             "automation.errors.BadArtifactError: compressed model in "
+                                                             "/w failed its output checks: no tokenizer"],
+         FailureKind.BAD_ARTIFACT),
         # ... but a traceback that merely mentions one in its text is a code error
         ("failed", "RuntimeError: could not raise BadArtifactError: ", "", TRACEBACK, FailureKind.CODE),
     ],

@@ -123,3 +123,14 @@ def test_prefect_yaml_parameters_are_the_flows_own_and_validate(deployment: dict
         assert set(params) <= set(signature.parameters), set(params) - set(signature.parameters)
         flow_obj.validate_parameters(params)
     assert "code" in (deployment.get("parameters") or {})
+
+
+def test_the_local_recipe_search_defaults_round_trip_through_the_command_line(tmp_path: Path) -> None:
+    from flows.recipe_search import recipe_search
+
+    params = local_parameters(tmp_path / "tiny")["recipe-search"]
+    code, parsed, out = _parse(recipe_search.fn, cli_arguments(recipe_search.fn, params))
+    assert code == 0, out
+    assert set(parsed) == set(params) and parsed["space"] == params["space"]
+    assert parsed["compression"] == CompressionOptions(**params["compression"])
+    recipe_search.validate_parameters(params)
