@@ -72,12 +72,30 @@ def make_sampler(kind: Sampler, space: SearchSpace, objectives: list[str], seed:
     import optuna
 
     if kind == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return _AskTellGrid(space.grid(), seed=seed)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "tpe" or (kind == "auto" and len(objectives) == 1):
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def _grid_class() -> Any:
+    from optuna.samplers import GridSampler
+
+    class AskTellGrid(GridSampler):
+        """Optuna's grid sampler without its stop: it ends an `optimize` loop when the grid is
+        exhausted by calling `study.stop()`, which raises under ask-and-tell (there is no loop; the
+        trial count is checked against the grid's size before anything runs)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGrid
+
+
+def _AskTellGrid(*args: Any, **kwargs: Any) -> Any:
+    return _grid_class()(*args, **kwargs)
 
 
 def check_sampler(kind: Sampler, params: list[Param], trials: int) -> None:

@@ -170,3 +170,17 @@ def test_report_renders_and_promotes(tmp_path: Path) -> None:
         promote(failed, "s", "other", tmp_path)
     with pytest.raises(FlowInputError, match="must be lowercase"):
         promote(trial, "s", "Bad Name", tmp_path)
+
+
+def test_grid_search_is_exhausted_without_stopping_the_process(tmp_path: Path) -> None:
+    """Optuna's grid sampler calls study.stop() when the grid is used up, which raises outside
+    optimize(); the search's grid does not."""
+    space = SearchSpace.parse(["w4a16"], {"num_samples": "8:12:2"})
+    study = studies.open_study(f"sqlite:///{tmp_path / 'g.db'}", "g", ["recovery"],
+                               studies.make_sampler("grid", space, ["recovery"], seed=0))
+    seen = []
+    for _ in range(3):
+        trial = study.ask(studies.distributions(space))
+        seen.append(trial.params["num_samples"])
+        study.tell(trial.number, [0.9])
+    assert sorted(seen) == [8, 10, 12]
