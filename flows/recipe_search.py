@@ -268,6 +268,8 @@ def prepare(model: str, recipe: str = "w4a16", space: dict[str, str] | None = No
     searched = SearchSpace.parse(recipes, dict(space or {}))
     searched.check_model(ref.config())
     studies.check_sampler(sampler, searched.params, trials)
+    if storage:
+        studies.check_storage(storage)
     compression = compression or CompressionOptions()
     project = project or settings().project
     # Planned with the recipes' defaults: every spec is built (and so checked) before anything runs.

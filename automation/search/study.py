@@ -47,6 +47,22 @@ def masked(storage: str) -> str:
         return "<unparseable storage URL>"
 
 
+def check_storage(storage: str) -> None:
+    """A storage URL given as a flow parameter must not carry a password: flow parameters are
+    stored by Prefect and shown in its UI. The workers' AUTOMATION_SEARCH_STORAGE may."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise FlowInputError("storage: not a database URL (sqlite:///PATH, postgresql://user@host/db)") from None
+    if url.password:
+        raise FlowInputError("storage: the URL carries a password, which would be stored with the flow run's "
+                             "parameters; set AUTOMATION_SEARCH_STORAGE on the workers instead (or use the "
+                             "database's own credential file, e.g. ~/.pgpass)")
+
+
 def study_name(inputs: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"search-{digest}"

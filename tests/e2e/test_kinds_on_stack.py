@@ -230,8 +230,9 @@ def test_a_second_run_reuses_finished_work(compressed: dict[str, TaskResult], ti
 
 def test_a_bad_artifact_fails_the_step_typed_and_is_not_retried(stack: StackHandle, tiny: Path,
                                                                 evals_and_fp8: dict[str, TaskResult]) -> None:
-    """A recipe that quantizes nothing (every module ignored) saves an uncompressed model: the output
-    checks refuse it, the step fails as a bad artifact (one task, no retry) and nothing is uploaded."""
+    """A recipe that quantizes nothing (every module ignored) saves a model whose config names a
+    scheme but whose weights are all 32-bit: the output checks refuse it, the step fails as a bad
+    artifact (one task, no retry) and nothing is uploaded."""
     from automation.errors import BadArtifact
     from flows.bridge import backend, execute
     from testing.stacks import admin_client
@@ -248,7 +249,7 @@ def test_a_bad_artifact_fails_the_step_typed_and_is_not_retried(stack: StackHand
     with pytest.raises(BadArtifact, match=r"bad_artifact") as info:
         asyncio.run(go())
     assert not info.value.retryable
-    assert any("config.json has no quantization_config" in line for line in info.value.log_tail), info.value.log_tail
+    assert any("no weight is stored quantized" in line for line in info.value.log_tail), info.value.log_tail
     tasks = admin_client(stack.env).call("tasks.get_all", {"tags": [f"identity:{spec.identity()}"],
                                                            "only_fields": ["id", "status", "models"]})["tasks"]
     assert len(tasks) == 1 and tasks[0]["status"] == "failed", tasks

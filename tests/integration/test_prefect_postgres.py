@@ -60,6 +60,43 @@ def _completed_flow_runs(api_url: str, expected: int, timeout_s: float = 60.0) -
         time.sleep(1.0)
 
 
+def _optuna_on_postgres(port: int, password: str, root: Path) -> None:
+    import os
+
+    import psycopg
+
+    from automation.devstack.postgres import DB_USER
+    from automation.search import study as studies
+    from automation.search.space import SearchSpace
+
+    with psycopg.connect(f"postgresql://{DB_USER}:{password}@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE studies")
+    url = f"postgresql+psycopg://{DB_USER}:{password}@127.0.0.1:{port}/studies"
+    old = os.environ.get("AUTOMATION_SEARCH_STORAGE")
+    os.environ["AUTOMATION_SEARCH_STORAGE"] = url
+    try:
+        storage = studies.default_storage()
+        assert storage == url and password not in studies.masked(storage)
+        space = SearchSpace.parse(["w4a16"], {"dampening_frac": "0.001:0.1:log"})
+        sampler = studies.make_sampler("auto", space, ["recovery", "size"], seed=0)
+        study = studies.open_study(storage, "pg-search", ["recovery", "size"], sampler)
+        trial = study.ask(studies.distributions(space))
+        studies.save_record(study, trial.number, {"recipe": "w4a16", "recipe_args": dict(trial.params)})
+        study.tell(trial.number, [0.97, 1.5])
+        running = study.ask(studies.distributions(space))  # left in flight, as a killed search leaves it
+        again = studies.open_study(storage, "pg-search", ["recovery", "size"], sampler)
+        assert studies.finished_count(again) == 1 and [t.number for t in studies.interrupted(again)] == [running.number]
+        (done,) = [r for r in studies.records(again) if r.state == "complete"]
+        assert done.recipe == "w4a16" and done.pareto
+    finally:
+        if old is None:
+            os.environ.pop("AUTOMATION_SEARCH_STORAGE", None)
+        else:
+            os.environ["AUTOMATION_SEARCH_STORAGE"] = old
+    assert not [p for p in root.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".pid")
+                and password in p.read_text(errors="replace")]
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -90,6 +127,10 @@ def test_postgres_mode_starts_keeps_data_and_stops(pg_stack: LocalStack) -> None
     exposed = [p for p in [stack.data.env_file, stack.data.stack_file, *stack.data.logs.iterdir(),
                            *stack.data.run.glob("*.pid")] if password in p.read_text(errors="replace")]
     assert not exposed, exposed
+
+    # A recipe search's study on PostgreSQL (a database of its own: Optuna and Prefect both keep an
+    # `alembic_version` table), given as the workers' AUTOMATION_SEARCH_STORAGE: kept across opens.
+    _optuna_on_postgres(port, password, stack.data.root)
 
     # A running server keeps its database: asking for the other is an error that says what to do.
     with pytest.raises(StackError, match=r"local down .*--prefect-db sqlite"):

@@ -69,6 +69,8 @@ def test_bad_space_is_an_error_naming_it(recipes: list[str], space: dict[str, st
     ({"sampler": "grid", "space": {"dampening_frac": "0.01:0.1"}}, r"a grid search needs a step"),
     ({"sampler": "grid", "space": {"actorder": "static,weight"}, "trials": 3}, r"the grid has 2 points"),
     ({"concurrency": 0}, r"concurrency: at least 1"),
+    ({"storage": "postgresql://optuna:hunter2@db/studies"}, r"storage: the URL carries a password"),
+    ({"storage": "not a url"}, r"storage: not a database URL \(sqlite:///PATH"),
     ({"space": {"group_size": "96,128"}}, r"space: group_size=96: recipe 'w4a16': argument 'group_size'=96 does not "
                                           r"divide hidden_size=128"),
     ({"space": {"group_size": "32:128"}}, r"space: group_size must divide the model's widths; give choices"),

@@ -3,7 +3,8 @@
 1. files: config.json that parses, weights, and a tokenizer;
 2. the quantization config matches what the recipe asked for (bits, type, strategy, group or
    block size of weights and activations, the KV-cache scheme), read with compressed-tensors' own
-   preset definitions; a 2:4 pruning recipe leaves two zeros in every four weights;
+   preset definitions, and some weight is actually stored quantized; a 2:4 pruning recipe leaves
+   two zeros in every four weights;
 3. it reloads with transformers alone (no llm-compressor in the path);
 4. a greedy completion of a prompt is text (finite logits, not one token repeated, not empty).
 
@@ -122,6 +123,19 @@ def check_quantization_config(config: dict[str, Any], expected: dict[str, Any]) 
     return problems
 
 
+def check_quantized_weights(out_dir: Path) -> list[str]:
+    """At least one weight is stored quantized (compressed-tensors writes a `weight_scale` beside
+    each): a config that names a scheme while every module was ignored is not a compressed model."""
+    from safetensors import safe_open
+
+    for path in sorted(out_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            if any(key.endswith(".weight_scale") for key in handle.keys()):  # noqa: SIM118 (not a dict)
+                return []
+    return ["no weight is stored quantized (no *.weight_scale tensors): every module was ignored or left out "
+            "by `targets` / `ignore`"]
+
+
 _PRUNED = re.compile(r"layers\.\d+\..*(proj|fc\d*|dense\w*)\.weight$")
 
 
@@ -194,6 +208,8 @@ def check_output(out_dir: Path, recipe_yaml: str, prompt: str, model_class: str 
     expected = expected_quantization(recipe_yaml)
     if config:
         problems += check_quantization_config(config, expected)
+    if expected["groups"] and not problems:
+        problems += check_quantized_weights(out_dir)
     if expected["sparsity"]:
         report["sparsity"], found = check_sparsity(out_dir, expected["sparsity"])
         problems += found
