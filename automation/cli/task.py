@@ -136,8 +136,17 @@ def task_fields(kind: Annotated[str, typer.Argument(help="task kind (see `automa
         default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
         where = "Args" if name in args else "configuration" if name in config else "envelope"
         volatile = " [not in identity]" if name in cls.volatile_fields() else ""
+        nested = _base_annotation(info.annotation)
+        if isinstance(nested, type) and issubclass(nested, BaseModel) and not info.is_required():
+            default = f"{nested.__name__}() (keys below)"
         typer.echo(f"  --{name:<20} {_type_name(info.annotation):<28} {where:<13} default {default}")
         typer.echo(f"      {info.description or ''}{volatile}")
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            for key, sub in nested.model_fields.items():
+                sub_default = "(required)" if sub.is_required() else repr(sub.get_default(call_default_factory=True))
+                typer.echo(f"    --{name}.{key:<16} {_type_name(sub.annotation):<24} default {sub_default}")
+                if sub.description:
+                    typer.echo(f"        {sub.description}")
 
 
 # -- overrides -------------------------------------------------------------------------------------

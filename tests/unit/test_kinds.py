@@ -202,6 +202,9 @@ def test_cli_commands(model_dir: Path) -> None:
                                    "--calibration", "tiny", "--dry-run"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["recipe"] == "w8a8"
+    out = runner.invoke(task_app, ["fields", "compress"], terminal_width=200)
+    assert out.exit_code == 0 and "--calibration_options.messages_column" in out.output, out.output
+    assert "--model_class" in out.output and "CalibrationOptions() (keys below)" in out.output
     out = runner.invoke(task_app, ["fields", "nope"])
     assert out.exit_code == 2
 
