@@ -42,7 +42,7 @@ from automation.search.space import SearchSpace
 from automation.specs.base import build
 from automation.specs.compress import CompressSpec
 from automation.specs.model_ref import ModelRef
-from flows.bridge import BRIDGE_FLOW_HOOKS, backend
+from flows.bridge import BRIDGE_FLOW_HOOKS, backend, ensure_queue_limits
 from flows.compress_evaluate_benchmark import _summary, model_ref
 from flows.run import finalize, run_step
 
@@ -94,7 +94,7 @@ async def recipe_search(
         evaluation: lm-eval options (limit, batch size, few-shot)
         benchmarking: inference server options
         step_queues: a queue per step (compress / evaluate / benchmark); empty = `queue`
-        storage: Optuna storage URL (sqlite:///..., postgresql://...); empty = AUTOMATION_SEARCH_STORAGE or the data dir
+        storage: Optuna storage URL (sqlite:///..., postgresql+psycopg://user@host/db; no password); empty = the data dir
         study_name: the study to create or continue; empty = derived from the search's inputs
         seed: sampler seed
         hooks: submit hooks by name, e.g. hf_token
@@ -106,6 +106,8 @@ async def recipe_search(
     prep = prepare(**parameters)
     log = get_run_logger()
     plan = await finalize(prep.plan)
+    if settings().queue_caps:  # AUTOMATION_QUEUE_CAPS: the same caps the sweeps hold to
+        await ensure_queue_limits(dict(settings().queue_caps))
     mp = plan.models[0]
     study = studies.open_study(prep.storage, prep.study_name, prep.objectives,
                                studies.make_sampler(sampler, prep.space, prep.objectives, seed))
