@@ -94,7 +94,7 @@ async def recipe_search(
         evaluation: lm-eval options (limit, batch size, few-shot)
         benchmarking: inference server options
         step_queues: a queue per step (compress / evaluate / benchmark); empty = `queue`
-        storage: Optuna storage URL (sqlite:///..., postgresql+psycopg://user@host/db; no password); empty = the data dir
+        storage: Optuna storage URL (sqlite:///..., postgresql+psycopg://user@host/db; no password); none = data dir
         study_name: the study to create or continue; empty = derived from the search's inputs
         seed: sampler seed
         hooks: submit hooks by name, e.g. hf_token
