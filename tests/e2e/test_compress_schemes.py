@@ -61,6 +61,8 @@ def test_recipe_runs_on_cpu_or_fails_fast_without_a_gpu(label: str, matrix: dict
     assert checks["problems"] == [] and checks["generation"]["new_tokens"] >= 1
     assert checks["generation"]["completion"].strip(), checks
     assert result["path"] == ("model_free_ptq" if label in DATA_FREE else "oneshot")
+    if label in DATA_FREE:  # `targets: [Linear]` kept: model_free_ptq would quantize the embedding too
+        assert result["calibration_data"]["kept_unquantized"] == ["model.embed_tokens"]
     assert result["compute_s"] > 0 and result["peak_rss_mb"] > 0 and result["wall_s"] >= result["compute_s"]
     out = Path(result["output_dir"])
     config = json.loads((out / "config.json").read_text())
@@ -121,6 +123,14 @@ def test_output_checks_catch_damaged_models(matrix: dict[str, dict[str, Any]], t
     subprocess.run([sys.executable, "-c", code, str(next(zeroed.glob("*.safetensors")))], env=ENV, check=True,
                    timeout=120)
     cases["nan-weights"] = (zeroed, "w4a16")
+    # model_free_ptq as it is, without the recipe's targets: it quantizes the embedding as well
+    embedding = tmp_path / "embedding-quantized"
+    code = ("import sys\nfrom llmcompressor import model_free_ptq\n"
+            "model_free_ptq(sys.argv[1], sys.argv[2], scheme='FP8_DYNAMIC', ignore=['lm_head'], max_workers=1, "
+            "device='cpu')")
+    subprocess.run([sys.executable, "-c", code, str(tiny_model), str(embedding)], env=ENV, check=True, timeout=180,
+                   capture_output=True)
+    cases["embedding-quantized"] = (embedding, "fp8_dynamic")
     cases["good"] = (good, "w4a16")
 
     probe = _check(good, "w4a16")
@@ -133,7 +143,9 @@ def test_output_checks_catch_damaged_models(matrix: dict[str, dict[str, Any]], t
     assert by_case["good"]["error"] is None
     expect = {"no-tokenizer": "no tokenizer", "wrong-format": "config.json is not a JSON object",
               "no-weights": "no weight files", "other-scheme": "no group matching the recipe",
-              "not-sparse": "are not 2:4 sparse", "nan-weights": "non-finite logits"}
+              "not-sparse": "are not 2:4 sparse", "nan-weights": "non-finite logits",
+              "embedding-quantized": "modules the recipe does not target (Linear) are stored quantized: "
+                                     "model.embed_tokens (Embedding)"}
     for case, needle in expect.items():
         error = by_case[case]["error"]
         assert error and needle in error and error.startswith("compressed model in"), (case, error)

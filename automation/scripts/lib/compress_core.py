@@ -62,12 +62,32 @@ def model_free_scheme(recipe_yaml: str) -> tuple[str, list[str]] | None:
     return args["scheme"], list(args.get("ignore") or [])
 
 
-def _model_free(model_dir: Path, out_dir: Path, scheme: str, ignore: list[str]) -> None:
+def meta_model(model_dir: Path, model_class_name: str | None, trust_remote_code: bool) -> Any:
+    """The model's module tree on the meta device: no weights read, no memory (names and types only)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    config.quantization_config = None  # the tree as it was built, not as a quantizer would patch it
+    cls = model_class(model_class_name)
+    with torch.device("meta"):
+        return cls.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _model_free(model_dir: Path, out_dir: Path, scheme: str, ignore: list[str], model_class_name: str | None,
+                trust_remote_code: bool) -> list[str]:
+    """`model_free_ptq` with the recipe's `targets: [Linear]` kept: it quantizes every 2-D weight
+    it finds (embeddings too, which then load back as garbage), so the weights of every other
+    module are added to `ignore`. Returns what was added."""
     import torch
     from llmcompressor import model_free_ptq
 
-    model_free_ptq(str(model_dir), str(out_dir), scheme=scheme, ignore=ignore, max_workers=1,
+    tree = meta_model(model_dir, model_class_name, trust_remote_code)
+    others = [name for name, module in tree.named_modules() if name and not isinstance(module, torch.nn.Linear)
+              and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2]
+    model_free_ptq(str(model_dir), str(out_dir), scheme=scheme, ignore=[*ignore, *others], max_workers=1,
                    device="cuda" if torch.cuda.is_available() else "cpu")
+    return others
 
 
 def compress(
@@ -116,7 +136,8 @@ def compress(
         from transformers import AutoTokenizer
 
         compute_start = time.monotonic()
-        _model_free(model_dir, out_dir, *free)
+        calibration_info["kept_unquantized"] = _model_free(model_dir, out_dir, *free, model_class_name,
+                                                           trust_remote_code)
         compute_s = time.monotonic() - compute_start
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
         path = "model_free_ptq"

@@ -3,8 +3,8 @@
 1. files: config.json that parses, weights, and a tokenizer;
 2. the quantization config matches what the recipe asked for (bits, type, strategy, group or
    block size of weights and activations, the KV-cache scheme), read with compressed-tensors' own
-   preset definitions, and some weight is actually stored quantized; a 2:4 pruning recipe leaves
-   two zeros in every four weights;
+   preset definitions; some weight is actually stored quantized, and only weights of the modules
+   the recipe targets are; a 2:4 pruning recipe leaves two zeros in every four weights;
 3. it reloads with transformers alone (no llm-compressor in the path);
 4. a greedy completion of a prompt is text (finite logits, not one token repeated, not empty).
 
@@ -136,6 +136,38 @@ def check_quantized_weights(out_dir: Path) -> list[str]:
             "by `targets` / `ignore`"]
 
 
+def check_targets(out_dir: Path, recipe_yaml: str, model_class: str | None, trust_remote_code: bool) -> list[str]:
+    """Every weight stored quantized belongs to a module of a class the recipe targets (when its
+    targets are class names): an embedding quantized by a `targets: [Linear]` recipe loads back as
+    its raw FP8/int values, and the model still completes a prompt, badly."""
+    from safetensors import safe_open
+
+    from automation.scripts.lib.compress_core import meta_model
+
+    targets: set[str] = set()
+    for _name, args in _modifiers(recipe_yaml):
+        if args.get("scheme") is not None or args.get("config_groups"):
+            targets.update(str(t) for t in (args.get("targets") or ["Linear"]))
+    if not targets or any(t.startswith("re:") for t in targets):
+        return []
+    modules = dict(meta_model(out_dir, model_class, trust_remote_code).named_modules())
+    wrong = []
+    for path in sorted(out_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (not a dict)
+                if not key.endswith(".weight_scale"):
+                    continue
+                name = key.removesuffix(".weight_scale")
+                module = modules.get(name)
+                classes = {c.__name__ for c in type(module).__mro__} if module is not None else set()
+                if module is not None and not classes & targets:
+                    wrong.append(f"{name} ({type(module).__name__})")
+    if wrong:
+        return [f"weights of modules the recipe does not target ({', '.join(sorted(targets))}) are stored quantized: "
+                f"{', '.join(wrong[:5])}"]
+    return []
+
+
 _PRUNED = re.compile(r"layers\.\d+\..*(proj|fc\d*|dense\w*)\.weight$")
 
 
@@ -210,6 +242,8 @@ def check_output(out_dir: Path, recipe_yaml: str, prompt: str, model_class: str 
         problems += check_quantization_config(config, expected)
     if expected["groups"] and not problems:
         problems += check_quantized_weights(out_dir)
+    if expected["groups"] and not problems:
+        problems += check_targets(out_dir, recipe_yaml, model_class, trust_remote_code)
     if expected["sparsity"]:
         report["sparsity"], found = check_sparsity(out_dir, expected["sparsity"])
         problems += found
