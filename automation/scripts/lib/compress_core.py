@@ -132,12 +132,12 @@ def compress(
     torch.manual_seed(seed)
     free = model_free_scheme(recipe_yaml) if model_free and calibration is None and dtype == "auto" else None
     calibration_info: dict[str, Any] = {"source": calibration}
+    kept: list[str] = []
     if free is not None:
         from transformers import AutoTokenizer
 
         compute_start = time.monotonic()
-        calibration_info["kept_unquantized"] = _model_free(model_dir, out_dir, *free, model_class_name,
-                                                           trust_remote_code)
+        kept = _model_free(model_dir, out_dir, *free, model_class_name, trust_remote_code)
         compute_s = time.monotonic() - compute_start
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
         path = "model_free_ptq"
@@ -176,6 +176,7 @@ def compress(
         "model_dir": str(model_dir),
         "output_dir": str(out_dir),
         "path": path,
+        "kept_unquantized": kept,
         "calibration": calibration,
         "calibration_data": calibration_info,
         "num_samples": calibration_info.get("samples", num_samples) if calibration else 0,
