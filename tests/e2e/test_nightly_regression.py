@@ -49,10 +49,10 @@ COMPRESSION = {"calibration": "tiny", "num_samples": 12, "max_seq_length": 64}
 EVALUATION = {"batch_size": 4}
 BENCHMARKING = {"engine": "transformers", "startup_timeout_s": 180}
 CORE = "automation/scripts/lib/compress_core.py"
-LOAD = 'model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")\n'
-BUG = ("    for _name, _weight in model.named_parameters():  # the regression night 3 brings\n"
-       "        if _name.endswith('proj.weight'):\n"
-       "            _weight.data.normal_(0.0, float(_weight.data.std()))\n")
+LOAD = "model = cls.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)\n"
+BUG = ("        for _name, _weight in model.named_parameters():  # the regression night 3 brings\n"
+       "            if _name.endswith('proj.weight'):\n"
+       "                _weight.data.normal_(0.0, float(_weight.data.std()))\n")
 
 
 def _git(*args: str, cwd: Path) -> str:
