@@ -26,7 +26,8 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     started = time.monotonic()
     from automation.errors import BadArtifactError
     from automation.scripts.lib.calibration_data import needs_hub
-    from automation.scripts.lib.compress_core import compress, device_check, model_class
+    from automation.scripts.lib.compress_core import compress, device_check
+    from automation.scripts.lib.model_tree import model_class
     from automation.standards.recipes import (
         check_model_dtype,
         check_recipe_applies,

@@ -20,6 +20,7 @@ from automation.scripts.lib import (
 )
 from automation.scripts.lib.calibration_data import load as load_calibration
 from automation.scripts.lib.calibration_data import needs_hub
+from automation.scripts.lib.model_tree import meta_model, model_class
 from automation.scripts.lib.output_checks import check_output
 from automation.standards.calibration import CalibrationOptions
 
@@ -33,17 +34,6 @@ def device_check(requires_gpu: str, recipe: str) -> None:
     if not torch.cuda.is_available():
         raise AcceleratorRequired(f"recipe {recipe!r} needs a GPU ({requires_gpu}) and this host has none; "
                                   "send the step to a GPU queue")
-
-
-def model_class(name: str | None) -> Any:
-    """The transformers class that loads the model, or a one-line error naming the field."""
-    import transformers
-
-    cls = getattr(transformers, name or "AutoModelForCausalLM", None)
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ModelInputError(f"model_class: transformers {transformers.__version__} has no model class {name!r} "
-                              "(e.g. AutoModelForCausalLM, AutoModelForImageTextToText)")
-    return cls
 
 
 def model_free_scheme(recipe_yaml: str) -> tuple[str, list[str]] | None:
@@ -60,18 +50,6 @@ def model_free_scheme(recipe_yaml: str) -> tuple[str, list[str]] | None:
     if list(args.get("targets") or ["Linear"]) != ["Linear"] or set(args) - {"targets", "ignore", "scheme"}:
         return None
     return args["scheme"], list(args.get("ignore") or [])
-
-
-def meta_model(model_dir: Path, model_class_name: str | None, trust_remote_code: bool) -> Any:
-    """The model's module tree on the meta device: no weights read, no memory (names and types only)."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    config.quantization_config = None  # the tree as it was built, not as a quantizer would patch it
-    cls = model_class(model_class_name)
-    with torch.device("meta"):
-        return cls.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def _model_free(model_dir: Path, out_dir: Path, scheme: str, ignore: list[str], model_class_name: str | None,

@@ -142,7 +142,7 @@ def check_targets(out_dir: Path, recipe_yaml: str, model_class: str | None, trus
     its raw FP8/int values, and the model still completes a prompt, badly."""
     from safetensors import safe_open
 
-    from automation.scripts.lib.compress_core import meta_model
+    from automation.scripts.lib.model_tree import meta_model
 
     targets: set[str] = set()
     for _name, args in _modifiers(recipe_yaml):
