@@ -173,8 +173,8 @@ async def _trial(study: Any, prep: "Prepared", plan: Plan, base_values: Any, gat
             evaluated = _result(steps[1], record, "evaluate")
             bench = _result(steps[2], record, "benchmark").values if len(steps) > 2 else None
             by_metric = recoveries(base_values, evaluated.values, prep.gated_metrics)
-            values = objective_values(prep.objectives, by_metric, compressed.values.get("size/after_mb").value
-                                      if "size/after_mb" in compressed.values else None, bench)
+            size = compressed.values.get("size/after_mb")
+            values = objective_values(prep.objectives, by_metric, size.value if size else None, bench)
         except Exception as exc:
             record["error"] = str(exc).splitlines()[0][:500]
             record["reused"] = False

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from automation.errors import AcceleratorRequired, ModelInputError
 from automation.scripts.lib import (
     dir_size_bytes,
@@ -21,7 +19,7 @@ from automation.scripts.lib import (
 from automation.scripts.lib.calibration_data import load as load_calibration
 from automation.scripts.lib.calibration_data import needs_hub
 from automation.scripts.lib.model_tree import meta_model, model_class
-from automation.scripts.lib.output_checks import check_output
+from automation.scripts.lib.output_checks import check_output, recipe_modifiers
 from automation.standards.calibration import CalibrationOptions
 
 
@@ -39,9 +37,7 @@ def device_check(requires_gpu: str, recipe: str) -> None:
 def model_free_scheme(recipe_yaml: str) -> tuple[str, list[str]] | None:
     """(preset scheme, ignore list) when the recipe is one preset applied round-to-nearest to every
     Linear, which `model_free_ptq` does straight on the safetensors; else None."""
-    doc = yaml.safe_load(recipe_yaml) or {}
-    modifiers = [(name, args or {}) for stage in doc.values() for group in (stage or {}).values()
-                 for name, args in (group or {}).items()]
+    modifiers = recipe_modifiers(recipe_yaml)
     if len(modifiers) != 1:
         return None
     name, args = modifiers[0]

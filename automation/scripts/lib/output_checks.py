@@ -29,7 +29,8 @@ ACTIVATION_FIELDS = ("num_bits", "type", "strategy", "dynamic")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
-def _modifiers(recipe_yaml: str) -> list[tuple[str, dict[str, Any]]]:
+def recipe_modifiers(recipe_yaml: str) -> list[tuple[str, dict[str, Any]]]:
+    """(modifier name, its arguments) for every modifier of every stage of a rendered recipe."""
     doc = yaml.safe_load(recipe_yaml) or {}
     out = []
     for stage in doc.values():
@@ -54,7 +55,7 @@ def expected_quantization(recipe_yaml: str) -> dict[str, Any]:
     groups: list[dict[str, Any]] = []
     kv = False
     sparsity = None
-    for _name, args in _modifiers(recipe_yaml):
+    for _name, args in recipe_modifiers(recipe_yaml):
         if "mask_structure" in args:
             sparsity = str(args["mask_structure"])
         kv = kv or args.get("kv_cache_scheme") is not None
@@ -145,7 +146,7 @@ def check_targets(out_dir: Path, recipe_yaml: str, model_class: str | None, trus
     from automation.scripts.lib.model_tree import meta_model
 
     targets: set[str] = set()
-    for _name, args in _modifiers(recipe_yaml):
+    for _name, args in recipe_modifiers(recipe_yaml):
         if args.get("scheme") is not None or args.get("config_groups"):
             targets.update(str(t) for t in (args.get("targets") or ["Linear"]))
     if not targets or any(t.startswith("re:") for t in targets):
