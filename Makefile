@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS := compress,eval,bench,dev
+EXTRAS := compress,eval,bench,lighteval,dev
 
 .PHONY: install demo test lint unit integration clean
 

@@ -1,9 +1,12 @@
 """Core script of the `benchmark` kind: managed server + GuideLLM with a workload profile.
 
-Reports, per benchmark (one per rate of the profile): TTFT, ITL, TPOT (ms) and request latency (s)
-at median/p90/p99, requests/s and output tokens/s, as scalars (title = metric, series =
-`<rate label> <stat>`) and single values `<rate label>/<metric>/<stat>`; errored/total request
-counts; GuideLLM's JSON and HTML reports and the server log as artifacts. Fails the
+Reports, per benchmark (one per rate of the profile; a sweep's synchronous, throughput and
+constant-rate runs): TTFT, ITL, TPOT (ms) and request latency (s) at median/p90/p99, requests/s and
+output tokens/s, as scalars (title = metric, series = `<rate label> <stat>`) and single values
+`<rate label>/<metric>/<stat>`; with the profile's SLOs, `slo_attainment` (0-1) and
+`goodput_requests_per_s`; with saturation detection, `over_saturated` (0/1); errored/total request
+counts; with `evaluation` (serve once), lm-eval's metrics against the same server first, named and
+uploaded as the evaluate kind names them; GuideLLM's JSON and HTML reports and the server log as artifacts. Fails the
 task when more requests errored than allowed (GuideLLM itself exits 0 then).
 """
 
@@ -15,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import ModelInputError
-from automation.results import SPREAD_SUFFIX
+from automation.results import SAMPLES_ARTIFACT, SPREAD_SUFFIX
 from automation.scripts.lib import hub_access
 from automation.scripts.lib.model_input import has_gpu, local_model_dir, work_dir
 from automation.scripts.runtime import Reporter, run
 from automation.serving import ManagedServer
 from automation.specs.base import TaskSpec
 from automation.specs.benchmark import BenchmarkSpec
+from automation.specs.evaluate import ServedEvaluation
+from automation.standards import tasks_are_local
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "request_latency_s")
@@ -93,13 +98,39 @@ def report_benchmarks(report: Reporter, benchmarks: list[dict[str, Any]],
                 if value is not None:
                     report.scalar(metric, f"{label} {stat}", float(value), iteration=index)
                     single(f"{label}/{metric}/{stat}", float(value), (spread.get(metric) or {}).get(stat))
-        for metric in ("requests_per_s", "output_tokens_per_s"):
+        for metric in ("requests_per_s", "output_tokens_per_s", "goodput_requests_per_s"):
             if bench.get(metric) is not None:
                 report.scalar("throughput", f"{label} {metric}", float(bench[metric]), iteration=index)
+                single(f"{label}/{metric}", float(bench[metric]), spread.get(metric))
+        for metric in ("slo_attainment", "over_saturated"):
+            if bench.get(metric) is not None:
+                report.scalar("serving", f"{label} {metric}", float(bench[metric]), iteration=index)
                 single(f"{label}/{metric}", float(bench[metric]), spread.get(metric))
         for key, count in (bench.get("request_totals") or {}).items():
             report.scalar("requests", f"{label} {key}", float(count), iteration=index)
             report.single_value(f"{label}/requests_{key}", float(count))
+
+
+def _evaluate_against(server: ManagedServer, model_dir: Path, evaluation: ServedEvaluation, report: Reporter,
+                      work: Path) -> None:
+    """lm-eval against the running server (serve once): its metrics are reported as the evaluate
+    kind reports them, its results uploaded as the same artifacts."""
+    from automation.scripts.lib.evaluate_core import Backend, evaluate
+    from automation.scripts.lib.evaluation_report import report_summary, upload_results
+
+    backend: Backend = "local-chat-completions" if evaluation.endpoint == "chat" else "local-completions"
+    tasks = evaluation.task_names()
+    suite = evaluation.resolved_suite()
+    report.progress(15, f"evaluating {', '.join(tasks)} with lm-eval against the server ({backend})")
+    full_results = work / "evaluate" / "lm_eval_results.json"
+    samples = full_results.with_name(SAMPLES_ARTIFACT + ".json")
+    summary = evaluate(model_dir, tasks, include_path=suite.include_dir() if suite else None, backend=backend,
+                       server=(server.base_url, server.model_name, evaluation.num_concurrent),
+                       full_results_path=full_results, samples_path=samples, **evaluation.lm_eval_kwargs())
+    _, averages = report_summary(report, suite, summary)
+    summary.update({"suite": suite.name if suite else None, "suite_averages": averages,
+                    "server_url": server.openai_base_url, "served_model": server.model_name})
+    upload_results(report, summary, full_results, samples)
 
 
 def main(spec: TaskSpec, report: Reporter) -> None:
@@ -109,7 +140,12 @@ def main(spec: TaskSpec, report: Reporter) -> None:
     from automation.scripts.lib import peak_rss_mb
     from automation.scripts.lib.benchmark_core import benchmark
 
-    hub_access(needed=spec.model.source == "hf" or (spec.tokenizer is not None and spec.tokenizer.source == "hf"))
+    evaluation = spec.evaluation
+    eval_suite = evaluation.resolved_suite() if evaluation else None
+    eval_include = eval_suite.include_dir() if eval_suite else None
+    hub_access(needed=spec.model.source == "hf" or (spec.tokenizer is not None and spec.tokenizer.source == "hf")
+               or (evaluation is not None and (eval_include is None
+                                               or not tasks_are_local(eval_include, evaluation.task_names()))))
     report.progress(2, f"fetching model {spec.model}")
     model_dir = local_model_dir(spec.model, report)
     tokenizer_dir = local_model_dir(spec.tokenizer, report) if spec.tokenizer else model_dir
@@ -136,6 +172,8 @@ def main(spec: TaskSpec, report: Reporter) -> None:
         with server:
             report.progress(30, f"server ready in {server.startup_s} s; running GuideLLM profile {profile['name']}")
             report.scalar("time", "server_startup_s", float(server.startup_s or 0))
+            if evaluation is not None:
+                _evaluate_against(server, model_dir, evaluation, report, work)
             runs = []
             try:
                 for rep in range(spec.repetitions):  # one server start for all: the runs differ only by noise

@@ -317,7 +317,7 @@ class TaskSpec(BaseModel):
         try:
             self.requirements()
         except PackageError as exc:
-            pinned = ", ".join(self.base_packages)
+            pinned = ", ".join(self.kind_packages())
             raise ValueError(f"{exc} (the {self.kind} kind itself requires {pinned})") from None
         try:
             self.task_requirements()
@@ -330,8 +330,13 @@ class TaskSpec(BaseModel):
         """The kind's own packages (less those `package_overrides` replace), the overrides, then
         the spec's `packages` (a pinned requirement wins)."""
         replaced = {canonicalize_name(parse(r, "package_overrides").name) for r in self.package_overrides}
-        own = [r for r in self.base_packages if canonicalize_name(parse(r).name) not in replaced]
+        own = [r for r in self.kind_packages() if canonicalize_name(parse(r).name) not in replaced]
         return merge(own, self.package_overrides, self.packages)
+
+    def kind_packages(self) -> tuple[str, ...]:
+        """The kind's own pins for this spec: `base_packages`, plus what a choice in the spec needs
+        (a kind whose backend brings its own engine adds it here)."""
+        return self.base_packages
 
     def task_requirements(self) -> tuple[str, ...]:
         """Everything the core script needs in a fresh environment (what the ClearML task lists):

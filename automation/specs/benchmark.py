@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from automation.errors import StandardError
 from automation.specs.base import TaskSpec, added_field, volatile
+from automation.specs.evaluate import EVALUATE_PACKAGES, ServedEvaluation
 from automation.specs.model_ref import ModelRef
 from automation.standards import Profile, inline_if_file, load_profile_model, profile_content
 
@@ -38,6 +39,9 @@ class BenchmarkSpec(TaskSpec):
     repetitions: int = added_field(1, since="2026-12", ge=1, le=15,
                                    description="runs of the profile against one server start (odd: each value "
                                                "is their median, its spread kept as the gates' noise band)")
+    evaluation: ServedEvaluation | None = added_field(
+        None, since="2026-12", description="also evaluate with lm-eval against this server, before the "
+                                          "benchmark (serve once: one server start, both results)")
     startup_timeout_s: float = volatile(900.0, gt=0, description="deadline for the server to become ready")
     benchmark_timeout_s: float | None = volatile(None, gt=0, description="deadline for GuideLLM itself")
 
@@ -76,7 +80,20 @@ class BenchmarkSpec(TaskSpec):
         return value
 
     def standards_content(self) -> dict[str, Any]:
-        return {"profile": profile_content(self.resolved_profile())}
+        content = {"profile": profile_content(self.resolved_profile())}
+        if self.evaluation is not None:
+            content.update({f"evaluation_{k}": v for k, v in self.evaluation.suite_standards().items()})
+        return content
+
+    def identity_payload(self) -> dict[str, Any]:
+        payload = super().identity_payload()
+        if self.evaluation is not None:
+            payload["spec"]["evaluation"] = self.evaluation.identity_view()
+        return payload
+
+    def kind_packages(self) -> tuple[str, ...]:
+        # lm-eval's pin (and transformers') only for a benchmark that also evaluates
+        return (*self.base_packages, *EVALUATE_PACKAGES) if self.evaluation is not None else self.base_packages
 
     def resolved_profile(self) -> Profile:
         return load_profile_model(self.profile)

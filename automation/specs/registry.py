@@ -12,8 +12,10 @@ from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.debug import DebugSpec
 from automation.specs.evaluate import EvaluateSpec
+from automation.specs.lighteval import LightEvalSpec
 
-KINDS: dict[str, type[TaskSpec]] = {cls.kind: cls for cls in (BenchmarkSpec, CompressSpec, DebugSpec, EvaluateSpec)}
+KINDS: dict[str, type[TaskSpec]] = {cls.kind: cls for cls in (BenchmarkSpec, CompressSpec, DebugSpec, EvaluateSpec,
+                                                              LightEvalSpec)}
 
 
 def kinds() -> dict[str, type[TaskSpec]]:

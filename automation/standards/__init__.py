@@ -15,7 +15,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -311,7 +311,11 @@ def suite_content(suite: Suite) -> dict[str, Any]:
 
 def profile_content(profile: Profile) -> dict[str, Any]:
     """The workload a profile describes, for a spec's identity (its description changes nothing)."""
-    return profile.model_dump(mode="json", exclude={"description"})
+    data = profile.model_dump(mode="json", exclude={"description"})
+    for name, default in Profile.ADDED.items():
+        if data.get(name) == default:
+            data.pop(name, None)
+    return data
 
 
 def suite_dir(name: str) -> Path:
@@ -376,10 +380,30 @@ def suite_averages(suite: Suite, summary: dict[str, Any]) -> dict[str, float]:
 RateType = Literal["synchronous", "throughput", "concurrent", "constant", "poisson", "async", "sweep"]
 
 
+class Slo(BaseModel):
+    """Service-level objectives a request must meet to count toward goodput (GuideLLM 0.8's
+    `metrics.slo`, milliseconds; `tpot_ms` is compared with the inter-token latency)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token")
+    tpot_ms: float | None = Field(None, gt=0, description="time per output token after the first")
+    e2el_ms: float | None = Field(None, gt=0, description="end-to-end request latency")
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> Slo:
+        if self.ttft_ms is None and self.tpot_ms is None and self.e2el_ms is None:
+            raise ValueError("slo needs at least one of ttft_ms, tpot_ms, e2el_ms")
+        return self
+
+
 class Profile(BaseModel):
     """A GuideLLM workload: synthetic token shapes, rate type and rates, and when to stop."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after benchmark identities were stored: out of `profile_content` at their default.
+    ADDED: ClassVar[dict[str, Any]] = {"max_concurrency": None, "sweep_strategy": "constant", "rampup_s": None,
+                                       "slo": None, "saturation": None}
 
     name: str = "<inline>"
     description: str = ""
@@ -399,6 +423,15 @@ class Profile(BaseModel):
     max_seconds: float | None = Field(None, gt=0)
     request_timeout_s: float = Field(120, gt=0)
     max_error_fraction: float = Field(0.0, ge=0, le=1)
+    # GuideLLM's limit on requests in flight for throughput, constant/poisson/async rates and sweeps
+    # (its default: none for rates, 512 for a sweep's throughput run).
+    max_concurrency: int | None = Field(None, ge=1)
+    sweep_strategy: Literal["constant", "poisson"] = "constant"
+    rampup_s: float | None = Field(None, gt=0)
+    slo: Slo | None = None
+    # Over-saturation detection (rising concurrency and TTFT): `monitor` reports it per benchmark,
+    # `enforce` also stops a benchmark that saturates.
+    saturation: Literal["monitor", "enforce"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -406,6 +439,18 @@ class Profile(BaseModel):
             raise ValueError("give max_requests and/or max_seconds, or the benchmark never ends")
         if self.rate_type in ("concurrent", "constant", "poisson", "async") and not self.rates:
             raise ValueError(f"rate_type {self.rate_type!r} needs 'rates'")
+        if self.rates and self.rate_type in ("synchronous", "throughput", "sweep"):
+            raise ValueError(f"rate_type {self.rate_type!r} takes no 'rates' (a sweep finds its own: set "
+                             "sweep_size)")
+        if self.sweep_size is not None and self.rate_type != "sweep":
+            raise ValueError(f"sweep_size applies to rate_type 'sweep', not {self.rate_type!r}")
+        if self.sweep_strategy != "constant" and self.rate_type != "sweep":
+            raise ValueError(f"sweep_strategy applies to rate_type 'sweep', not {self.rate_type!r}")
+        if self.max_concurrency is not None and self.rate_type in ("synchronous", "concurrent"):
+            raise ValueError(f"max_concurrency does not apply to rate_type {self.rate_type!r} (concurrent: its "
+                             "rates are the stream counts)")
+        if self.rampup_s is not None and self.rate_type == "poisson":
+            raise ValueError("rampup_s does not apply to rate_type 'poisson' (GuideLLM ignores it there)")
         return self
 
 

@@ -62,7 +62,8 @@ def test_round_trip_through_the_task_form(kind: str, model_dir: Path) -> None:
 def test_args_and_configuration_split(model_dir: Path) -> None:
     assert set(CompressSpec.arg_fields()) >= {"recipe", "calibration", "num_samples", "max_seq_length", "seed"}
     assert set(CompressSpec.config_fields()) == {"model", "recipe_args", "calibration_options"}
-    assert set(EvaluateSpec.config_fields()) == {"model", "tasks", "vllm_args"}
+    assert set(EvaluateSpec.config_fields()) == {"model", "tasks", "vllm_args", "gen_kwargs", "model_args",
+                                                 "task_fewshot"}
     assert set(BenchmarkSpec.config_fields()) == {"model", "tokenizer", "server_args", "server_env"}
     spec = examples(model_dir)["evaluate"]
     assert spec.to_args()["batch_size"] == ("auto", "str") and spec.to_args()["limit"] == ("8.0", "float")

@@ -39,6 +39,9 @@ def _synthetic_data(profile: dict[str, Any], engine: Engine) -> dict[str, Any]:
 
 
 def _profile_args(profile: dict[str, Any]) -> dict[str, Any]:
+    """GuideLLM 0.8.1's `spec.profile` for a profile's rate type (its keys per kind: `streams`
+    for concurrent, `rate` for constant/poisson/async, `sweep_size` and `strategy_type` for a
+    sweep; `max_concurrency` is required for throughput, null meaning none)."""
     kind = profile.get("rate_type", "synchronous")
     args: dict[str, Any] = {"kind": kind}
     if kind in _RATE_FIELDS:
@@ -48,6 +51,12 @@ def _profile_args(profile: dict[str, Any]) -> dict[str, Any]:
         args[_RATE_FIELDS[kind]] = [int(r) if kind == "concurrent" else float(r) for r in rates]
     elif kind == "sweep":
         args["sweep_size"] = int(profile.get("sweep_size", 5))
+        args["strategy_type"] = profile.get("sweep_strategy", "constant")
+    if kind in ("throughput", "constant", "poisson", "async", "sweep") and (
+            profile.get("max_concurrency") is not None or kind == "throughput"):
+        args["max_concurrency"] = profile.get("max_concurrency")
+    if profile.get("rampup_s") is not None:
+        args["rampup_duration"] = float(profile["rampup_s"])
     return args
 
 
@@ -82,6 +91,12 @@ def build_scenario(
         constraints.append({"kind": "max_duration", "seconds": float(profile["max_seconds"])})
     if not constraints:
         raise ValueError("profile needs max_requests and/or max_seconds, or the benchmark never ends")
+    if profile.get("saturation"):
+        constraints.append({"kind": "over_saturation", "mode": profile["saturation"]})
+    extra: dict[str, Any] = {}
+    if profile.get("slo"):
+        extra["metrics"] = {"kind": "generative", "slo": {k: float(v) for k, v in profile["slo"].items()
+                                                          if v is not None}}
     return {
         "metadata": {"name": str(profile.get("name", "custom"))},
         "spec": {
@@ -94,6 +109,7 @@ def build_scenario(
             "seed": {"kind": "static", "value": seed},
             "outputs": [{"kind": "json", "path": str(report_path)},
                         *([{"kind": "html", "path": str(html_path)}] if html_path is not None else [])],
+            **extra,
         },
     }
 
@@ -130,8 +146,23 @@ def summarise_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
         "output_tokens_per_s": (_successful(metrics.get("output_tokens_per_second")) or {}).get("mean"),
         "output_tokens_per_request": (_successful(metrics.get("output_token_count")) or {}).get("mean"),
         "duration_s": bench.get("duration"),
+        # With the profile's SLOs: the fraction of measured requests that met all of them, and the
+        # conforming requests per second (goodput).
+        "slo_attainment": metrics.get("slo_attainment"),
+        "goodput_requests_per_s": (_successful(metrics.get("request_goodput")) or {}).get("mean"),
+        "over_saturated": _over_saturated(bench),
         "request_totals": {k: totals.get(k, 0) for k in ("successful", "errored", "incomplete", "total")},
     }
+
+
+def _over_saturated(bench: dict[str, Any]) -> float | None:
+    """1.0 when GuideLLM's over-saturation constraint found the server saturated, 0.0 when it
+    watched and did not, None when it did not watch."""
+    state = ((bench.get("scheduler_state") or {}).get("scheduler_constraints") or {}).get("over_saturation")
+    if not isinstance(state, dict):
+        return None
+    flag = (state.get("metadata") or {}).get("is_over_saturated")
+    return None if flag is None else float(bool(flag))
 
 
 def parse_report(report: dict[str, Any]) -> list[dict[str, Any]]:

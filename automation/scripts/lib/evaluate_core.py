@@ -16,7 +16,8 @@ import yaml
 
 from automation.scripts.lib import hub_access, peak_rss_mb, write_json
 
-Backend = Literal["hf", "vllm"]
+Backend = Literal["hf", "vllm", "local-completions", "local-chat-completions"]
+SERVER_BACKENDS = ("local-completions", "local-chat-completions")
 # Loaders whose data_files lm-eval resolves against the CWD rather than the YAML's directory.
 _FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
 
@@ -76,23 +77,52 @@ def resolve_include_path(include_path: Path, dest: Path) -> Path:
 
 
 def _model_spec(
-    model_dir: Path, backend: Backend, dtype: str, vllm_args: dict[str, Any] | None
+    model_dir: Path, backend: Backend, dtype: str, vllm_args: dict[str, Any] | None,
+    model_args: dict[str, Any] | None = None, tensor_parallel_size: int | None = None,
+    server: tuple[str, str, int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
+    """lm-eval's model name and arguments: ours, then the user's `model_args` (the spec refuses a
+    key it sets through a field, so nothing here is set twice)."""
+    extra = dict(model_args or {})
     if backend == "hf":
         # device goes to simple_evaluate, which forwards it; also naming it here is an error.
-        return "hf", {"pretrained": str(model_dir), "dtype": dtype}
+        return "hf", {"pretrained": str(model_dir), "dtype": dtype, **extra}
     if backend == "vllm":
-        # GPU path: cannot run on the CPU machines; the defaults mirror a single-GPU eval.
         args = {
             "pretrained": str(model_dir),
             "dtype": dtype,
-            "tensor_parallel_size": 1,
+            "tensor_parallel_size": tensor_parallel_size or visible_gpus(),
             "gpu_memory_utilization": 0.8,
             "max_model_len": 4096,
         }
         args.update(vllm_args or {})
+        args.update(extra)
         return "vllm", args
-    raise ValueError(f"unknown backend {backend!r}; expected 'hf' or 'vllm'")
+    if backend in SERVER_BACKENDS:
+        # `server` = (base URL without /v1, served model name, requests in flight). The request text
+        # goes as text (transformers serve refuses token ids), one prompt per request (it refuses
+        # lists); the tokenizer serves log-likelihood requests, which lm-eval scores itself.
+        if server is None:
+            raise ValueError(f"backend {backend!r} needs the server it calls")
+        url, served, concurrent = server
+        path = "/v1/chat/completions" if backend == "local-chat-completions" else "/v1/completions"
+        return backend, {"base_url": url.rstrip("/") + path, "model": served, "tokenizer": str(model_dir),
+                         "tokenizer_backend": "huggingface", "tokenized_requests": False,
+                         "num_concurrent": concurrent, "max_retries": 3, **extra}
+    raise ValueError(f"unknown backend {backend!r}; expected 'hf', 'vllm' or a server backend")
+
+
+def visible_gpus() -> int:
+    """The GPUs this process sees (CUDA_VISIBLE_DEVICES applied), at least 1."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def _clean(value: Any) -> Any:
@@ -136,6 +166,57 @@ def write_full_results(results: dict[str, Any], path: Path) -> None:
     text = json.dumps(data, indent=2, default=default, ensure_ascii=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_finite(json.loads(text)), indent=2, ensure_ascii=False))
+
+
+def _simple_evaluate(lm_eval: Any, backend: str, tasks: list[str], kwargs: dict[str, Any]) -> Any:
+    """lm-eval's `simple_evaluate`, with a server's missing log-probabilities said plainly: an
+    OpenAI server that ignores `echo`/`logprobs` (transformers serve) makes lm-eval fail on a
+    KeyError deep in its response parser."""
+    try:
+        return lm_eval.simple_evaluate(tasks=list(tasks), **kwargs)
+    except KeyError as exc:
+        if backend in SERVER_BACKENDS and exc.args and exc.args[0] == "logprobs":
+            raise ServerCannotScore(
+                f"the server returned no log-probabilities, which log-likelihood tasks need (among "
+                f"{', '.join(tasks)}); serve with vLLM, or evaluate only generative tasks against this "
+                "server") from None
+        raise
+
+
+class ServerCannotScore(RuntimeError):
+    """The inference server cannot give what an lm-eval task needs (log-probabilities)."""
+
+
+def lm_eval_record(results: dict[str, Any], tracker: Any) -> dict[str, Any]:
+    """What lm-eval's own tracker adds to a results file: a hash per task over its samples
+    (document, prompt and target: two runs with equal hashes saw the same prompts), the general
+    config (chat template and its hash, system instruction and its hash, fewshot_as_multiturn,
+    model source); and per task the first prompt as sent, to read a template's effect."""
+    from dataclasses import asdict
+
+    from lm_eval.utils import hash_string
+
+    hashes, prompts = {}, {}
+    for task, samples in (results.get("samples") or {}).items():
+        if samples:
+            hashes[task] = hash_string("".join(str(s.get("doc_hash", "")) + str(s.get("prompt_hash", "")) +
+                                               str(s.get("target_hash", "")) for s in samples))
+            prompts[task] = _prompt_of(samples[0])
+    general = {k: v for k, v in asdict(tracker.general_config_tracker).items()
+               if k not in ("start_time", "end_time", "total_evaluation_time_seconds")}
+    return {"task_hashes": hashes, "first_prompts": prompts, **general}
+
+
+def _prompt_of(sample: dict[str, Any]) -> str:
+    arguments = sample.get("arguments")
+    first = arguments[0] if isinstance(arguments, list | tuple) and arguments else arguments
+    if isinstance(first, dict):  # lm-eval >= 0.4.9 names the request's parts
+        first = first.get("gen_args_0", first)
+    if isinstance(first, dict):
+        first = first.get("arg_0", first)
+    if isinstance(first, list | tuple) and first:
+        first = first[0]
+    return str(first)[:4000]
 
 
 SAMPLES_VERSION = 1
@@ -226,6 +307,13 @@ def evaluate(
     task_fewshot: dict[str, int | None] | None = None,
     full_results_path: Path | None = None,
     samples_path: Path | None = None,
+    apply_chat_template: bool | str = False,
+    fewshot_as_multiturn: bool = True,
+    system_instruction: str | None = None,
+    gen_kwargs: dict[str, Any] | None = None,
+    model_args: dict[str, Any] | None = None,
+    tensor_parallel_size: int | None = None,
+    server: tuple[str, str, int] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` and return a small summary.
 
@@ -235,6 +323,10 @@ def evaluate(
     `task_fewshot` sets a few-shot count per task (suites such as openllm use a different one per
     task); `num_fewshot`, when given, applies to all. Tasks are run in one `simple_evaluate` per
     distinct few-shot count, sharing one loaded model.
+    `apply_chat_template`, `fewshot_as_multiturn`, `system_instruction` and `gen_kwargs` go to
+    lm-eval as they are, defaults included (lm-eval's own defaults have changed between releases);
+    `model_args` are merged over ours. lm-eval's record of them (its general config tracker, the
+    task hashes) goes into the full results, as its own `--output_path` run writes them.
     With `full_results_path`, lm-eval's whole results dict (configs, versions, n-shot,
     higher_is_better, ...; no per-sample outputs) is written there as JSON; with `samples_path`,
     the per-document scores (`per_sample`) are.
@@ -246,6 +338,7 @@ def evaluate(
     hub_access(needed=include_path is None or not tasks_are_local(Path(include_path), tasks))
     start = time.monotonic()
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="lmeval-suite-") as tmp:
@@ -256,7 +349,14 @@ def evaluate(
             manager = TaskManager(include_path=str(resolved), include_defaults=defaults)
         else:
             manager = TaskManager()
-        model, model_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args)
+        if backend == "vllm" and not vllm_available():
+            raise ImportError("backend 'vllm' needs vLLM, which this environment lacks: install the project's "
+                              "`gpu` extra on a GPU host (the task lists vLLM in its requirements)")
+        model, lm_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args, model_args,
+                                     tensor_parallel_size, server)
+        if backend in SERVER_BACKENDS:
+            batch_size = 1  # one prompt per request: an OpenAI server takes no prompt lists
+        tracker = EvaluationTracker()
         eval_start = time.monotonic()
         batches: dict[int | None, list[str]] = {}
         for task in tasks:
@@ -266,13 +366,12 @@ def evaluate(
         if len(batches) > 1:  # load the model once for all few-shot batches
             from lm_eval.api.registry import get_model
 
-            lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+            lm = get_model(model).create_from_arg_obj(lm_args, {"batch_size": batch_size, "device": device})
         results: dict[str, Any] = {}
         for shots, batch in batches.items():
-            part = lm_eval.simple_evaluate(
+            part = _simple_evaluate(lm_eval, backend, batch, dict(
                 model=lm,
-                model_args=model_args if isinstance(lm, str) else None,
-                tasks=list(batch),
+                model_args=lm_args if isinstance(lm, str) else None,
                 num_fewshot=shots,
                 limit=limit,
                 batch_size=batch_size,
@@ -283,7 +382,12 @@ def evaluate(
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
                 fewshot_random_seed=seed,
-            )
+                apply_chat_template=apply_chat_template,
+                fewshot_as_multiturn=fewshot_as_multiturn,
+                system_instruction=system_instruction,
+                gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+                evaluation_tracker=tracker,
+            ))
             if part is None:  # only non-zero ranks of a distributed run get None
                 raise RuntimeError("lm-eval returned no results")
             for key, value in part.items():
@@ -291,6 +395,9 @@ def evaluate(
                     results[key].update(value)
                 else:
                     results.setdefault(key, value)
+    results.update(lm_eval_record(results, tracker))
+    if isinstance(results.get("config"), dict) and not results["config"].get("model_args"):
+        results["config"]["model_args"] = lm_args  # the shared model of several few-shot batches
     if full_results_path is not None:
         write_full_results(results, Path(full_results_path))
     if samples_path is not None:
