@@ -30,7 +30,8 @@
         ├── BenchmarkError          GuideLLM failed, produced no report, or too many requests errored
         ├── ServerError             the model server could not start, died, or never became ready
         ├── BadArtifactError        an output failed its checks (a compressed model that is not usable)
-        └── AcceleratorRequired     the step needs a GPU and the host has none
+        ├── AcceleratorRequired     the step needs a GPU and the host has none
+        └── ServerCannotScore       the inference server returns no log-probabilities
 
 `retryable` is what the bridge's Prefect retry condition reads; `exit_code` and `label` are what
 the CLI prints (one line, no traceback). Input errors subclass ValueError so that pydantic turns
@@ -296,3 +297,10 @@ class AcceleratorRequired(ToolError):
     """The step needs a GPU (an algorithm or kernel with no CPU path) and the host has none."""
 
     label = "no accelerator"
+
+
+class ServerCannotScore(ToolError):
+    """The inference server cannot give what an lm-eval task needs: log-probabilities of the prompt
+    (`transformers serve` ignores `echo`/`logprobs`), which log-likelihood tasks are scored by."""
+
+    label = "server cannot score"

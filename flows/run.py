@@ -37,13 +37,14 @@ from automation.regression.cells import CellRun, Outcome, decide, join_cells
 from automation.regression.gates import AccuracyGateSettings, PerformanceGateSettings
 from automation.regression.gates import Outcome as GateOutcome
 from automation.regression.hooks import apply_hooks
-from automation.regression.plan import ModelPlan, Plan, Step, scheme_label, with_model
+from automation.regression.plan import ModelPlan, Plan, scheme_label, with_model
 from automation.regression.report.clearml import publish_clearml
 from automation.regression.report.markdown import render_markdown
-from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, StepFailure, TrendPoint
+from automation.regression.report_model import BASE_SCHEME, Report, ReportCell, Step, StepFailure, TrendPoint
 from automation.regression.tracking import Tracked
 from automation.results import SAMPLES_ARTIFACT, DocumentScores, TaskResult
 from automation.specs.base import CodeRef, TaskSpec
+from automation.specs.lighteval import LightEvalSpec
 from automation.specs.model_ref import ModelRef
 from automation.specs.registry import all_base_packages
 from flows.bridge import backend, run_task
@@ -77,6 +78,7 @@ async def finalize(plan: Plan) -> Plan:
             base_evals={s: await final(spec) for s, spec in mp.base_evals.items()},
             base_bench=await final(mp.base_bench),
             compress={s: await final(spec) for s, spec in mp.compress.items()},
+            base_lighteval=await final(mp.base_lighteval) if mp.base_lighteval else None,
         ))
     return dataclasses.replace(plan, models=models)
 
@@ -153,12 +155,16 @@ async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
     async def model_cells(mp: ModelPlan) -> list[CellRun]:
         name = mp.model.short_name()
 
+        async def extra(spec: LightEvalSpec | None, label: str) -> Outcome | None:
+            """The cell's LightEval evaluation, when the run asks for one."""
+            return await step("lighteval", spec, f"lighteval-{name}-{label}") if spec is not None else None
+
         async def base() -> list[CellRun]:
             evals = [step("evaluate", mp.base_evals[s], f"evaluate-{name}-base-{s}") for s in plan.suites]
             bench = step("benchmark", mp.base_bench, f"benchmark-{name}-base")
-            *ev, bn = await asyncio.gather(*evals, bench)
-            return [CellRun(mp.model, BASE_SCHEME, s, mp.queue, None, e, bn) for s, e in zip(plan.suites, ev,
-                                                                                                 strict=True)]
+            (*ev, bn), lt = await asyncio.gather(asyncio.gather(*evals, bench), extra(mp.base_lighteval, "base"))
+            return [CellRun(mp.model, BASE_SCHEME, s, mp.queue, None, e, bn, lt) for s, e in zip(plan.suites, ev,
+                                                                                                     strict=True)]
 
         async def scheme(s: str) -> list[CellRun]:
             label = scheme_label(s)
@@ -166,14 +172,18 @@ async def run_plan(plan: Plan, refresh: bool = False) -> list[CellRun]:
             if comp.result is None:
                 skipped = Outcome(failure=StepFailure(step="evaluate", error="not run: compression failed"))
                 skipped_b = Outcome(failure=StepFailure(step="benchmark", error="not run: compression failed"))
-                return [CellRun(mp.model, label, suite, mp.queue, comp, skipped, skipped_b) for suite in plan.suites]
+                skipped_l = (Outcome(failure=StepFailure(step="lighteval", error="not run: compression failed"))
+                             if mp.base_lighteval else None)
+                return [CellRun(mp.model, label, suite, mp.queue, comp, skipped, skipped_b, skipped_l)
+                        for suite in plan.suites]
             out_model = ModelRef.from_result(comp.result)
             evals = [step("evaluate", mp.evaluate_for(out_model, suite), f"evaluate-{name}-{label}-{suite}")
                      for suite in plan.suites]
             bench = step("benchmark", mp.bench_for(out_model), f"benchmark-{name}-{label}")
-            *ev, bn = await asyncio.gather(*evals, bench)
-            return [CellRun(mp.model, label, suite, mp.queue, comp, e, bn) for suite, e in zip(plan.suites, ev,
-                                                                                            strict=True)]
+            (*ev, bn), lt = await asyncio.gather(asyncio.gather(*evals, bench),
+                                                 extra(mp.lighteval_for(out_model), label))
+            return [CellRun(mp.model, label, suite, mp.queue, comp, e, bn, lt) for suite, e in zip(plan.suites, ev,
+                                                                                                  strict=True)]
 
         groups = await asyncio.gather(base(), *(scheme(s) for s in plan.schemes))
         return [cell for group in groups for cell in group]

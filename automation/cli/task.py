@@ -147,6 +147,8 @@ def task_fields(kind: Annotated[str, typer.Argument(help="task kind (see `automa
                 typer.echo(f"    --{name}.{key:<16} {_type_name(sub.annotation):<24} default {sub_default}")
                 if sub.description:
                     typer.echo(f"        {sub.description}")
+    if cls.reports:
+        typer.echo(f"reports: {cls.reports}")
 
 
 # -- overrides -------------------------------------------------------------------------------------
@@ -200,6 +202,10 @@ def parse_overrides(cls: type[TaskSpec], tokens: list[str]) -> dict[str, Any]:
         if top not in cls.model_fields or top in ("kind",):
             raise SpecError(f"--{key}: unknown field for kind '{cls.kind}' (known: {', '.join(cls.model_fields)})")
         annotation = cls.model_fields[top].annotation
+        if len(path) == 1 and top in values:
+            # a second value would silently replace the first: say how to give several
+            raise SpecError(f"--{key} is given twice; give all its values once (comma-separated or JSON: "
+                            f"--{key} a,b)")
         if len(path) == 1:
             if _is_nested(annotation):
                 values[top] = _parse_nested(key, raw, annotation)

@@ -25,7 +25,7 @@ from automation.regression.gates import (
 )
 from automation.regression.report.format import fmt
 from automation.regression.report_model import BASE_SCHEME, ReportCell, StepFailure, StepLink
-from automation.results import DocumentScores, TaskResult
+from automation.results import DocumentScores, MetricValue, TaskResult
 from automation.specs.base import TaskSpec
 from automation.specs.model_ref import ModelRef
 
@@ -50,12 +50,24 @@ class CellRun:
     compress: Outcome | None
     evaluate: Outcome
     benchmark: Outcome
+    lighteval: Outcome | None = None  # the extra evaluation, when the run asks for one
+
+    def steps(self) -> list[tuple[str, Outcome | None]]:
+        return [("compress", self.compress), ("evaluate", self.evaluate), ("benchmark", self.benchmark),
+                ("lighteval", self.lighteval)]
+
+    def accuracy(self) -> dict[str, MetricValue]:
+        """The cell's accuracy values: lm-eval's, then LightEval's (named `lighteval.<task>/...`)."""
+        values = dict(self.evaluate.result.values) if self.evaluate.result else {}
+        if self.lighteval is not None and self.lighteval.result is not None:
+            values.update(self.lighteval.result.values)
+        return values
 
 
 def _links(run: CellRun) -> tuple[list[StepLink], list[StepFailure]]:
     links: list[StepLink] = []
     failures: list[StepFailure] = []
-    for step, outcome in (("compress", run.compress), ("evaluate", run.evaluate), ("benchmark", run.benchmark)):
+    for step, outcome in run.steps():
         if outcome is None:
             continue
         if outcome.result is not None:
@@ -68,7 +80,7 @@ def _links(run: CellRun) -> tuple[list[StepLink], list[StepFailure]]:
 def cell_environment(run: CellRun) -> dict[str, str]:
     """The environment of a cell, per step: `compress/code`, `evaluate/lm_eval`, ..."""
     out: dict[str, str] = {}
-    for step, outcome in (("compress", run.compress), ("evaluate", run.evaluate), ("benchmark", run.benchmark)):
+    for step, outcome in run.steps():
         if outcome is not None:
             out.update({f"{step}/{key}": value for key, value in outcome.environment().items()})
     return out
@@ -84,7 +96,7 @@ def join_cells(runs: list[CellRun], profile: str, accuracy: AccuracyGateSettings
     cells: list[ReportCell] = []
     for run in runs:
         links, failures = _links(run)
-        values = run.evaluate.result.values if run.evaluate.result else {}
+        values = run.accuracy()
         perf = {k: v.value for k, v in run.benchmark.result.values.items()} if run.benchmark.result else {}
         cell: dict[str, Any] = {
             "model": str(run.model), "scheme": run.scheme, "suite": run.suite, "profile": profile,
@@ -96,7 +108,7 @@ def join_cells(runs: list[CellRun], profile: str, accuracy: AccuracyGateSettings
             cell["outcome"] = "error" if failures else "baseline"
         else:
             ref = base.get((str(run.model), run.suite))
-            ref_values = ref.evaluate.result.values if ref and ref.evaluate.result else {}
+            ref_values = ref.accuracy() if ref else {}
             ref_perf = ({k: v.value for k, v in ref.benchmark.result.values.items()}
                         if ref and ref.benchmark.result else {})
             acc = accuracy_gates(ref_values, values, accuracy, suite=run.suite) if values and ref_values else []

@@ -27,12 +27,11 @@ from automation.regression.tracking import Tracked
 from automation.specs.base import CodeRef, TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec, ModelDtype
-from automation.specs.evaluate import EvaluateSpec
+from automation.specs.evaluate import EvaluateSpec, PromptOptions
+from automation.specs.lighteval import LightEvalSpec
 from automation.specs.model_ref import ModelRef
 from automation.standards import load_profile_model, load_suite
 from automation.standards.calibration import CalibrationOptions
-
-Step = Literal["compress", "evaluate", "benchmark"]
 
 
 def scheme_label(scheme: str) -> str:
@@ -66,13 +65,23 @@ class CompressionOptions(BaseModel):
     trust_remote_code: bool = Field(False, description="run the model repository's own modelling code")
 
 
-class EvaluationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvaluationOptions(PromptOptions):
+    """lm-eval's options for every evaluation of the run (the prompt options as the evaluate kind
+    states them), and the LightEval tasks each cell is also evaluated on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     limit: float | None = Field(None, gt=0, description="samples per task (>= 1) or a fraction; none = all")
     batch_size: int | Literal["auto"] = Field(8, description="batch size or 'auto'")
     num_fewshot: int | None = Field(None, ge=0, description="few-shot override for every task")
+    task_fewshot: dict[str, int] = Field(default_factory=dict, description="few-shot count per task of the suite")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="auto = vllm with a GPU, else hf")
+    model_args: dict[str, str | int | float | bool] = Field(default_factory=dict,
+                                                            description="extra lm-eval model arguments")
+    lighteval_tasks: list[str] = Field(default_factory=list, description="LightEval tasks (TASK|FEWSHOT) every "
+                                                                        "cell is also evaluated on")
+    lighteval_custom_tasks: str | None = Field(None, description="shipped LightEval task file (tiny)")
+    lighteval_max_samples: int | None = Field(None, ge=1, description="LightEval samples per task")
 
 
 class BenchmarkOptions(BaseModel):
@@ -129,9 +138,14 @@ class ModelPlan:
     base_evals: dict[str, EvaluateSpec]  # by suite
     base_bench: BenchmarkSpec
     compress: dict[str, CompressSpec]  # by scheme
+    base_lighteval: LightEvalSpec | None = None  # the extra evaluation of every cell, when asked for
 
     def specs(self) -> list[TaskSpec]:
-        return [self.base_bench, *self.base_evals.values(), *self.compress.values()]
+        extra = [self.base_lighteval] if self.base_lighteval else []
+        return [self.base_bench, *self.base_evals.values(), *self.compress.values(), *extra]
+
+    def lighteval_for(self, model: ModelRef) -> LightEvalSpec | None:
+        return with_model(self.base_lighteval, model) if self.base_lighteval else None
 
     def evaluate_for(self, model: ModelRef, suite: str) -> EvaluateSpec:
         """The evaluation of a compressed model: the base model's, final as planned, on `model`."""
@@ -215,7 +229,7 @@ def plan_matrix(
 
     # Each kind runs its own files of the code, and its own tracked libraries: a change to one recomputes
     # that kind (and what depends on its output) only.
-    kinds = (CompressSpec, EvaluateSpec, BenchmarkSpec)
+    kinds = (CompressSpec, EvaluateSpec, BenchmarkSpec, LightEvalSpec)
     codes = with_source_digests(code or CodeRef(), {spec.kind: spec.script_module for spec in kinds})
     per_kind = {spec.kind: {"code": codes[spec.kind], **_tracked_for(spec, kinds, tracked or [])} for spec in kinds}
     plans: list[ModelPlan] = []
@@ -256,7 +270,17 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
     def evaluate_for(m: ModelRef, suite: str) -> EvaluateSpec:
         return EvaluateSpec(model=m, suite=suite, queue=q_eval, limit=evaluation.limit,
                             batch_size=evaluation.batch_size, num_fewshot=evaluation.num_fewshot,
-                            backend=evaluation.backend, **per_kind[EvaluateSpec.kind], **envelope)
+                            task_fewshot=evaluation.task_fewshot, backend=evaluation.backend,
+                            model_args=evaluation.model_args, **evaluation.prompt_kwargs(),
+                            **per_kind[EvaluateSpec.kind], **envelope)
+
+    def lighteval_for(m: ModelRef) -> LightEvalSpec:
+        return LightEvalSpec(model=m, tasks=tuple(evaluation.lighteval_tasks), queue=q_eval,
+                             custom_tasks=evaluation.lighteval_custom_tasks,
+                             max_samples=evaluation.lighteval_max_samples,
+                             use_chat_template=evaluation.apply_chat_template is not False,
+                             system_prompt=evaluation.system_instruction,
+                             **per_kind.get(LightEvalSpec.kind, {}), **envelope)
 
     def bench_for(m: ModelRef) -> BenchmarkSpec:
         return BenchmarkSpec(model=m, profile=profile, queue=q_bench, engine=benchmarking.engine,
@@ -276,4 +300,6 @@ def _plan_model(model: ModelRef, queue: str, escalation: tuple[str, ...], scheme
         model=model, queue=queue, escalation=escalation,
         base_evals={s: _spec("evaluation", partial(evaluate_for, model, s)) for s in suites},
         base_bench=_spec("benchmarking", partial(bench_for, model)),
-        compress={s: _spec(f"schemes[{i}] ({s})", partial(compress_for, s)) for i, s in enumerate(schemes)})
+        compress={s: _spec(f"schemes[{i}] ({s})", partial(compress_for, s)) for i, s in enumerate(schemes)},
+        base_lighteval=_spec("evaluation.lighteval_tasks", partial(lighteval_for, model))
+        if evaluation.lighteval_tasks else None)

@@ -20,12 +20,15 @@ BASE_SCHEME = "base"
 REPORT_SCHEMA = 1
 
 
+# The steps of a cell: one ClearML task each.
+Step = Literal["compress", "evaluate", "benchmark", "lighteval"]
+
 class StepLink(BaseModel):
     """One ClearML task behind a cell."""
 
     model_config = ConfigDict(frozen=True)
 
-    step: Literal["compress", "evaluate", "benchmark"]
+    step: Step
     task_id: str
     status: str
     web_url: str
@@ -33,7 +36,7 @@ class StepLink(BaseModel):
     duration_s: float | None = None
 
     @classmethod
-    def from_result(cls, step: Literal["compress", "evaluate", "benchmark"], result: TaskResult) -> StepLink:
+    def from_result(cls, step: Step, result: TaskResult) -> StepLink:
         return cls(step=step, task_id=result.task_id, status=result.status, web_url=result.web_url,
                    reused=result.reused, duration_s=result.duration_s)
 
@@ -43,7 +46,7 @@ class StepFailure(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    step: Literal["compress", "evaluate", "benchmark"]
+    step: Step
     error: str
     task_id: str | None = None
     web_url: str | None = None

@@ -253,6 +253,11 @@ class TaskSpec(BaseModel):
     kind: ClassVar[str] = ""
     script_module: ClassVar[str] = ""
     base_packages: ClassVar[tuple[str, ...]] = ()
+    # Packages a choice in a spec adds to `base_packages` (see `kind_packages`): a backend's engine,
+    # a second library a combined step runs.
+    choice_packages: ClassVar[tuple[str, ...]] = ()
+    # What a task of the kind reports, in one line (`automation task fields KIND`, README's table).
+    reports: ClassVar[str] = ""
     # The ClearML task type the task is created with (ClearML's UI filters and icons use it).
     task_type: ClassVar[str] = "custom"
     # Kind-specific submit hooks this kind takes (regression/hooks.py; other kinds are left alone).

@@ -19,6 +19,13 @@ class BenchmarkSpec(TaskSpec):
     kind: ClassVar[str] = "benchmark"
     script_module: ClassVar[str] = "automation.scripts.benchmark"
     base_packages: ClassVar[tuple[str, ...]] = BENCHMARK_PACKAGES
+    choice_packages: ClassVar[tuple[str, ...]] = EVALUATE_PACKAGES  # with `evaluation`
+    reports: ClassVar[str] = ("RATE/METRIC/STAT for ttft_ms, itl_ms, tpot_ms, request_latency_s at median, p90, "
+                              "p99; RATE/requests_per_s, RATE/output_tokens_per_s, RATE/requests_STATUS, "
+                              "error_fraction; with SLOs RATE/slo_attainment and RATE/goodput_requests_per_s; with "
+                              "saturation RATE/over_saturated; with repetitions a :spread of each; with evaluation "
+                              "the evaluate kind's metrics; artifacts benchmark_result, guidellm_report, "
+                              "guidellm_report_html, guidellm_scenario, server_log")
     task_type: ClassVar[str] = "testing"
     accepted_hooks: ClassVar[frozenset[str]] = frozenset({"server_arg"})
     max_run_s: ClassVar[float] = 4 * 3600.0  # a server start and a few profiles: hours only when stuck
@@ -93,7 +100,7 @@ class BenchmarkSpec(TaskSpec):
 
     def kind_packages(self) -> tuple[str, ...]:
         # lm-eval's pin (and transformers') only for a benchmark that also evaluates
-        return (*self.base_packages, *EVALUATE_PACKAGES) if self.evaluation is not None else self.base_packages
+        return (*self.base_packages, *self.choice_packages) if self.evaluation is not None else self.base_packages
 
     def resolved_profile(self) -> Profile:
         return load_profile_model(self.profile)

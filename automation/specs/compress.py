@@ -35,6 +35,9 @@ class CompressSpec(TaskSpec):
     kind: ClassVar[str] = "compress"
     script_module: ClassVar[str] = "automation.scripts.compress"
     base_packages: ClassVar[tuple[str, ...]] = COMPRESS_PACKAGES
+    reports: ClassVar[str] = ("the compressed model (a ClearML OutputModel); single values time/compute_s, "
+                              "time/wall_s, memory/peak_rss_mb, size/before_mb, size/after_mb, size/ratio; "
+                              "artifacts recipe, compress_result, output_checks (on a failed check)")
     task_type: ClassVar[str] = "training"
 
     model: ModelRef = Field(description="model to compress: hf:org/name[@rev], a local path, clearml:<model id>")

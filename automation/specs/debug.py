@@ -16,6 +16,7 @@ from automation.specs.base import TaskSpec
 class DebugSpec(TaskSpec):
     kind: ClassVar[str] = "debug"
     script_module: ClassVar[str] = "automation.scripts.debug"
+    reports: ClassVar[str] = "debug_value; scalar debug/step per step; artifact debug_summary"
 
     sleep_s: float = Field(1.0, ge=0, le=24 * 3600, description="seconds to sleep (in steps)")
     steps: int = Field(5, ge=1, le=10_000, description="progress/scalar reports during the sleep")

@@ -152,6 +152,10 @@ class EvaluateSpec(TaskSpec, LmEvalOptions):
     kind: ClassVar[str] = "evaluate"
     script_module: ClassVar[str] = "automation.scripts.evaluate"
     base_packages: ClassVar[tuple[str, ...]] = EVALUATE_PACKAGES
+    choice_packages: ClassVar[tuple[str, ...]] = (VLLM_PACKAGE,)  # with backend 'vllm'
+    reports: ClassVar[str] = ("TASK/METRIC for every task, group and suite average (suite/NAME), each with "
+                              ":stderr and :n; artifacts eval_results, lm_eval_results (configs, versions, n-shot, "
+                              "task hashes, chat template, first prompts), samples; the metrics on the input model")
     task_type: ClassVar[str] = "testing"
     accepted_hooks: ClassVar[frozenset[str]] = frozenset({"vllm_arg"})
 
@@ -191,7 +195,7 @@ class EvaluateSpec(TaskSpec, LmEvalOptions):
         return self
 
     def kind_packages(self) -> tuple[str, ...]:
-        return (*self.base_packages, VLLM_PACKAGE) if self.backend == "vllm" else self.base_packages
+        return (*self.base_packages, *self.choice_packages) if self.backend == "vllm" else self.base_packages
 
     def standards_content(self) -> dict[str, Any]:
         return self.suite_standards()

@@ -57,6 +57,8 @@ class LightEvalSpec(TaskSpec):
     kind: ClassVar[str] = "lighteval"
     script_module: ClassVar[str] = "automation.scripts.lighteval"
     base_packages: ClassVar[tuple[str, ...]] = LIGHTEVAL_PACKAGES
+    reports: ClassVar[str] = ("lighteval.TASK/METRIC with :stderr and :n; artifacts lighteval_summary (with "
+                              "LightEval's example and prompt hashes), lighteval_results")
     task_type: ClassVar[str] = "testing"
 
     model: ModelRef = Field(description="model to evaluate: hf:org/name[@rev], a local path, clearml:<model id>")

@@ -23,7 +23,7 @@ import pytest
 
 from automation.clearml.admin import AdminClient
 from automation.regression.gates import DEFAULT_PERFORMANCE_RULES
-from automation.regression.plan import BenchmarkOptions, CompressionOptions, StepQueues
+from automation.regression.plan import BenchmarkOptions, CompressionOptions, EvaluationOptions, StepQueues
 from automation.regression.report_model import Report
 from testing import REPO
 from testing.prefect_server import PrefectServer
@@ -54,6 +54,9 @@ def chain_params(tiny: Path) -> dict[str, Any]:
         "queue": "gpu", "step_queues": StepQueues(evaluate="cpu"),
         "compression": CompressionOptions(calibration="tiny", num_samples=16, max_seq_length=64),
         "benchmarking": BenchmarkOptions(startup_timeout_s=180), "performance_rules": OBSERVE,
+        # every cell is also evaluated with LightEval (the fourth kind), on the shipped local tasks
+        "evaluation": EvaluationOptions(lighteval_tasks=["tiny_mc|0", "tiny_gen|0"], lighteval_custom_tasks="tiny",
+                                        lighteval_max_samples=16),
         "project": PROJECT, "series": f"e2e-{RUN}", "fail_on": "never",
     }
 
@@ -102,7 +105,7 @@ def test_baseline_evaluation_starts_before_compression_ends(first: tuple[Report,
         steps = {s.step: s for s in cell.steps}
         if "compress" in steps:
             done = _when(by_id[steps["compress"].task_id]["completed"])
-            for step in ("evaluate", "benchmark"):
+            for step in ("evaluate", "benchmark", "lighteval"):
                 assert _when(by_id[steps[step].task_id]["started"]) >= done
 
 
@@ -120,6 +123,12 @@ def test_report_gates_a_damaging_recipe_and_passes_a_noise_level_change(first: t
     assert bad.outcome == "fail" and failing, [(d.metric, d.recovery, d.outcome) for d in bad.accuracy_gates]
     assert all(d.recovery is not None and d.recovery < 0.95 for d in failing)
     assert report.outcome == "fail"
+    # LightEval's scores are the cells' too, gated against the base like lm-eval's
+    for cell in report.cells:
+        assert {s.step for s in cell.steps} >= {"evaluate", "benchmark", "lighteval"}
+        assert cell.accuracy["lighteval.tiny_mc/acc"].samples == 16
+    assert {"lighteval.tiny_mc/acc", "lighteval.tiny_gen/em"} <= {d.metric for d in w4.accuracy_gates}
+    assert cells["base"].accuracy["lighteval.tiny_mc/acc"].value >= 0.9
     # performance is joined in, against the base, observation-only
     assert w4.performance_gates and not any(d.gating for d in w4.performance_gates)
     assert w4.performance["synchronous/output_tokens_per_s"] > 0

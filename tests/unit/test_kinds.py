@@ -19,8 +19,8 @@ from automation.specs.base import TaskSpec, build
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec
 from automation.specs.evaluate import EvaluateSpec
+from automation.specs.lighteval import LightEvalSpec
 from automation.specs.model_ref import ModelRef
-from automation.specs.registry import get_kind
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,13 +44,22 @@ def examples(model_dir: Path) -> dict[str, TaskSpec]:
                                  vllm_args={"max_model_len": 2048}),
         "benchmark": BenchmarkSpec(model="hf:org/model@main", tokenizer=str(model_dir), profile="smoke",
                                    server_args=("--max-num-seqs", "8"), server_env={"A": "1"}, gpus=2),
+        "evaluate_options": EvaluateSpec(
+            model="hf:org/model", suite="tiny", apply_chat_template=True, fewshot_as_multiturn=False,
+            system_instruction="Be brief.", gen_kwargs={"temperature": 0.0, "max_gen_toks": 32},
+            model_args={"max_length": 2048}, num_fewshot=None, seed=3),
+        "served": BenchmarkSpec(model="hf:org/model", profile="smoke",
+                                evaluation={"suite": "tiny", "limit": 4, "endpoint": "chat",
+                                            "apply_chat_template": "chatml"}),
+        "lighteval": LightEvalSpec(model="hf:org/model", tasks=("tiny_mc|0", "gsm8k|5"), custom_tasks="tiny",
+                                   max_samples=8, use_chat_template=True),
     }
 
 
-@pytest.mark.parametrize("kind", ["compress", "evaluate", "benchmark"])
+@pytest.mark.parametrize("kind", ["compress", "evaluate", "benchmark", "evaluate_options", "served", "lighteval"])
 def test_round_trip_through_the_task_form(kind: str, model_dir: Path) -> None:
     spec = examples(model_dir)[kind]
-    cls = get_kind(kind)
+    cls = type(spec)
     args, conf = spec.to_args(), spec.to_configuration()
     assert "model" in conf and "model" not in args  # nested -> configuration object
     back = cls.from_task_form(args, conf)
@@ -64,7 +73,7 @@ def test_args_and_configuration_split(model_dir: Path) -> None:
     assert set(CompressSpec.config_fields()) == {"model", "recipe_args", "calibration_options"}
     assert set(EvaluateSpec.config_fields()) == {"model", "tasks", "vllm_args", "gen_kwargs", "model_args",
                                                  "task_fewshot"}
-    assert set(BenchmarkSpec.config_fields()) == {"model", "tokenizer", "server_args", "server_env"}
+    assert set(BenchmarkSpec.config_fields()) == {"model", "tokenizer", "server_args", "server_env", "evaluation"}
     spec = examples(model_dir)["evaluate"]
     assert spec.to_args()["batch_size"] == ("auto", "str") and spec.to_args()["limit"] == ("8.0", "float")
 

@@ -212,7 +212,8 @@ def test_a_core_scripts_imports_are_its_kinds_libraries_plus_the_core_runtime() 
     for kind, cls in kinds().items():
         closure = _third_party_closure(cls.script_module)
         assert not {"prefect", "typer", "rich", "uvicorn", "starlette"} & set(closure), (kind, closure)
-        covered = _distribution_closure((*CORE_RUNTIME, *cls.base_packages))
+        # a script may import what a choice of its spec adds (lazily, on that path only)
+        covered = _distribution_closure((*CORE_RUNTIME, *cls.base_packages, *cls.choice_packages))
         for top, importer in closure.items():
             dists = {canonicalize_name(d) for d in providers.get(top, [top])}
             assert dists & covered, f"{kind}: {importer} imports {top} ({sorted(dists)}), which its task would lack"

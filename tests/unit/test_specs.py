@@ -46,13 +46,13 @@ def test_ui_edits_of_args_are_parsed_by_field_type() -> None:
         decode_arg("n", "twelve", "int", int)
 
 
-# Kinds with required fields (compress, evaluate, benchmark) round-trip with examples in test_kinds.py.
+# Kinds with required fields (compress, evaluate, benchmark, lighteval) round-trip with examples in test_kinds.py.
 DEFAULT_CONSTRUCTIBLE = sorted(k for k, c in kinds().items()
                                if not any(info.is_required() for info in c.model_fields.values()))
 
 
 def test_every_kind_has_a_round_trip_test() -> None:
-    assert set(kinds()) == {*DEFAULT_CONSTRUCTIBLE, "compress", "evaluate", "benchmark"}
+    assert set(kinds()) == {*DEFAULT_CONSTRUCTIBLE, "compress", "evaluate", "benchmark", "lighteval"}
 
 
 @pytest.mark.parametrize("kind", DEFAULT_CONSTRUCTIBLE)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from automation.errors import ServerCannotScore, ToolError
 from automation.scripts.lib import hub_access, peak_rss_mb, write_json
 
 Backend = Literal["hf", "vllm", "local-completions", "local-chat-completions"]
@@ -183,10 +184,6 @@ def _simple_evaluate(lm_eval: Any, backend: str, tasks: list[str], kwargs: dict[
         raise
 
 
-class ServerCannotScore(RuntimeError):
-    """The inference server cannot give what an lm-eval task needs (log-probabilities)."""
-
-
 def lm_eval_record(results: dict[str, Any], tracker: Any) -> dict[str, Any]:
     """What lm-eval's own tracker adds to a results file: a hash per task over its samples
     (document, prompt and target: two runs with equal hashes saw the same prompts), the general
@@ -333,6 +330,10 @@ def evaluate(
     """
     from automation.standards import tasks_are_local, tasks_defined_in
 
+    if backend == "vllm" and not vllm_available():
+        raise ToolError("backend 'vllm' needs vLLM, which this environment lacks: install the project's `gpu` "
+                        "extra on a GPU host (a task with backend 'vllm' lists it in its requirements)")
+
     # Local task YAMLs over local files need nothing from the hub; lm-eval's own tasks do. A step
     # whose main already decided (knowing the whole step: the model too) keeps its decision.
     hub_access(needed=include_path is None or not tasks_are_local(Path(include_path), tasks))
@@ -349,9 +350,6 @@ def evaluate(
             manager = TaskManager(include_path=str(resolved), include_defaults=defaults)
         else:
             manager = TaskManager()
-        if backend == "vllm" and not vllm_available():
-            raise ImportError("backend 'vllm' needs vLLM, which this environment lacks: install the project's "
-                              "`gpu` extra on a GPU host (the task lists vLLM in its requirements)")
         model, lm_args = _model_spec(Path(model_dir).resolve(), backend, dtype, vllm_args, model_args,
                                      tensor_parallel_size, server)
         if backend in SERVER_BACKENDS:
