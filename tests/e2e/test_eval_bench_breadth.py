@@ -4,7 +4,8 @@
   instruction, gen_kwargs, model_args, per-task few-shot, limit, seed), read back from lm-eval's own
   record in the task's `lm_eval_results` artifact;
 - serve once: a benchmark that also evaluates against its `transformers serve` server (lm-eval's
-  `local-completions`), one server start, both results on one task, under a `sweep` profile;
+  `local-completions`), one server start, both results on one task, under a `sweep` profile; and
+  the same on the chat endpoint (`local-chat-completions`);
 - a `concurrent` profile with SLOs (goodput) and over-saturation monitoring.
 """
 
@@ -74,9 +75,13 @@ def results(local_stack: StackHandle, chat_model: Path, tiny_model: Path) -> dic
                   "max_seconds: 60\nslo: {ttft_ms: 60000, e2el_ms: 120000}\nsaturation: monitor\n")
     bench = BenchmarkSpec(project=PROJECT, model=str(tiny_model), profile=concurrent, queue="gpu",
                           startup_timeout_s=180)
+    # the chat endpoint (local-chat-completions): messages built with the model's chat template
+    chat = BenchmarkSpec(project=PROJECT, model=str(chat_model), profile="smoke", queue="cpu", startup_timeout_s=180,
+                         evaluation={"suite": suite_yaml("tiny_gen"), "limit": 4, "endpoint": "chat",
+                                     "apply_chat_template": True, "system_instruction": SYSTEM})
     r_eval, r_served = run_all(evaluate, served)
-    (r_bench,) = run_all(bench)
-    out = {"evaluate": r_eval, "served": r_served, "concurrent": r_bench}
+    r_bench, r_chat = run_all(bench, chat)
+    out = {"evaluate": r_eval, "served": r_served, "concurrent": r_bench, "chat": r_chat}
     for name, result in out.items():
         assert result.status == "completed", f"{name}: task {result.task_id}: {result.status_message}"
     return out
@@ -120,6 +125,16 @@ def test_serve_once_gives_accuracy_and_speed_from_one_server_start(results: dict
     # one server start for both: the server log shows a single startup
     log = fetch_file(local_stack.env, result.artifacts["server_log"]).text
     assert log.count("Uvicorn running on") == 1, log[-2000:]
+
+
+def test_serve_once_on_the_chat_endpoint(results: dict[str, TaskResult], local_stack: StackHandle) -> None:
+    result = results["chat"]
+    assert result.values["tiny_gen/exact_match,strip"].samples == 4
+    assert result.values["synchronous/requests_per_s"].value > 0
+    full = fetch_file(local_stack.env, result.artifacts["lm_eval_results"]).json()
+    assert full["config"]["model"] == "local-chat-completions"
+    assert full["config"]["model_args"]["base_url"].endswith("/v1/chat/completions")
+    assert full["system_instruction"] == SYSTEM
 
 
 def test_concurrent_profile_reports_goodput_and_saturation(results: dict[str, TaskResult],
