@@ -36,6 +36,18 @@ def check_reference(name: str, ref: str) -> None:
                       "'prefect-secret:block-name' (a value itself must never be put in a spec)")
 
 
+_SECRET_KEY = re.compile(r"(^|_)(token|api_?key|password|passwd|secret|credentials?|auth)($|_)", re.IGNORECASE)
+
+
+def check_no_secret_keys(field: str, values: Mapping[str, object]) -> None:
+    """A mapping of a spec (model arguments, say) holds no key that names a secret: its value would
+    be a task parameter, readable by anyone who can read the task. Raises naming the key and the fix."""
+    for key in values:
+        if _SECRET_KEY.search(str(key)):
+            raise SecretError(f"{field}[{key!r}]: a secret must not be put in a spec (it would be a task parameter); "
+                              "give it by reference: secret_env {NAME: 'env:VAR'} or the hf_token hook")
+
+
 def _redact(text: str) -> str:
     return text if len(text) <= 8 else text[:4] + "..."
 

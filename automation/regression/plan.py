@@ -17,14 +17,14 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automation.errors import FlowInputError, HookError, SpecError, StandardError
 from automation.regression.code_pin import with_source_digests
 from automation.regression.hooks import check_hooks
 from automation.regression.report_model import BASE_SCHEME
 from automation.regression.tracking import Tracked
-from automation.specs.base import CodeRef, TaskSpec, build
+from automation.specs.base import CodeRef, TaskSpec, build, format_validation_error
 from automation.specs.benchmark import BenchmarkSpec
 from automation.specs.compress import CompressSpec, ModelDtype
 from automation.specs.evaluate import EvaluateSpec, PromptOptions
@@ -179,6 +179,9 @@ class Plan:
 def _spec(field_name: str, make: Callable[[], TaskSpec]) -> Any:
     try:
         return make()
+    except ValidationError as exc:
+        # pydantic's own text repeats the input values, which may hold what must not be logged
+        raise FlowInputError(f"{field_name}: {format_validation_error(str(exc.title), exc)}") from None
     except (SpecError, ValueError) as exc:
         raise FlowInputError(f"{field_name}: {exc}") from None
 

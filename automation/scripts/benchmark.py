@@ -6,8 +6,8 @@ output tokens/s, as scalars (title = metric, series = `<rate label> <stat>`) and
 `<rate label>/<metric>/<stat>`; with the profile's SLOs, `slo_attainment` (0-1) and
 `goodput_requests_per_s`; with saturation detection, `over_saturated` (0/1); errored/total request
 counts; with `evaluation` (serve once), lm-eval's metrics against the same server first, named and
-uploaded as the evaluate kind names them; GuideLLM's JSON and HTML reports and the server log as artifacts. Fails the
-task when more requests errored than allowed (GuideLLM itself exits 0 then).
+uploaded as the evaluate kind names them; GuideLLM's JSON and HTML reports and the server log as
+artifacts. Fails the task when more requests errored than allowed (GuideLLM itself exits 0 then).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _evaluate_against(server: ManagedServer, model_dir: Path, evaluation: Served
     backend: Backend = "local-chat-completions" if evaluation.endpoint == "chat" else "local-completions"
     tasks = evaluation.task_names()
     suite = evaluation.resolved_suite()
-    report.progress(15, f"evaluating {', '.join(tasks)} with lm-eval against the server ({backend})")
+    report.progress(31, f"evaluating {', '.join(tasks)} with lm-eval against the server ({backend})")
     full_results = work / "evaluate" / "lm_eval_results.json"
     samples = full_results.with_name(SAMPLES_ARTIFACT + ".json")
     summary = evaluate(model_dir, tasks, include_path=suite.include_dir() if suite else None, backend=backend,
@@ -174,6 +174,7 @@ def main(spec: TaskSpec, report: Reporter) -> None:
             report.scalar("time", "server_startup_s", float(server.startup_s or 0))
             if evaluation is not None:
                 _evaluate_against(server, model_dir, evaluation, report, work)
+                report.progress(45, f"evaluated; running GuideLLM profile {profile['name']}")
             runs = []
             try:
                 for rep in range(spec.repetitions):  # one server start for all: the runs differ only by noise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from automation.errors import StandardError
 from automation.specs.base import TaskSpec, added_field, volatile
@@ -175,6 +175,18 @@ class EvaluateSpec(TaskSpec, LmEvalOptions):
         None, since="2026-12", ge=1, le=64,
         description="vLLM tensor parallel size (default: every GPU the task sees)")
     attach_to_model: bool = volatile(True, description="write the metrics into the input ClearML model's metadata")
+
+    @field_validator("model_args", "vllm_args")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from automation.errors import SecretError
+        from automation.secrets import check_no_secret_keys
+
+        try:
+            check_no_secret_keys(str(info.field_name), value)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("model_args")
     @classmethod

@@ -40,6 +40,17 @@ def test_a_model_arg_the_spec_sets_itself_is_an_error_naming_its_field() -> None
         evaluate(backend="hf", tensor_parallel_size=2)
 
 
+def test_a_secret_in_model_arguments_is_refused_before_it_becomes_a_task_parameter() -> None:
+    for field, key in (("model_args", "token"), ("model_args", "api_key"), ("vllm_args", "hf_token")):
+        with pytest.raises(ValidationError, match=rf"{field}\['{key}'\]: a secret must not be put in a spec"):
+            evaluate(**{field: {key: "hf_abcdefgh"}})
+    assert evaluate(model_args={"max_length": 8, "tokenizer_backend": "huggingface"}).model_args
+    # from a flow: the error names the field, and its message does not repeat the value
+    with pytest.raises(FlowInputError, match=r"model_args\['token'\]: a secret must not be put") as caught:
+        plan(EvaluationOptions(model_args={"token": "hf_abcdefgh"}))
+    assert "hf_abcdefgh" not in str(caught.value)
+
+
 def test_per_task_few_shot_names_tasks_of_the_evaluation_and_yields_to_num_fewshot() -> None:
     with pytest.raises(ValidationError, match=r"task_fewshot names 'tiny_gen', not a task of this evaluation \(tiny\)"):
         evaluate(task_fewshot={"tiny_gen": 2})  # the shipped suite names the group
