@@ -260,6 +260,9 @@ def prepare(model: str, recipe: str = "w4a16", space: dict[str, str] | None = No
             seed: int = 0, hooks: list[str] | None = None, project: str | None = None, code: str | None = None,
             **_: Any) -> Prepared:
     """The search's validation and planning, callable on its own (the CLI checks input this way)."""
+    if evaluation is not None and evaluation.lighteval_tasks:
+        raise FlowInputError("evaluation.lighteval_tasks: a search scores its trials on the lm-eval suite; leave "
+                             "it empty (run LightEval on the chosen recipe with compress-evaluate-benchmark)")
     ref = model_ref("model", model)
     if trials < 1:
         raise FlowInputError("trials: at least 1")
@@ -281,12 +284,25 @@ def prepare(model: str, recipe: str = "w4a16", space: dict[str, str] | None = No
     inputs = {"model": str(ref), "recipes": recipes, "space": [p.model_dump() for p in searched.params],
               "objectives": objectives, "suite": suite, "profile": profile,
               "gated_metrics": sorted(gated_metrics or []),
-              "compression": compression.model_dump(mode="json"), "evaluation": _summary({"e": evaluation})["e"]
-              if evaluation else None, "sampler": sampler, "seed": seed}
+              "compression": compression.model_dump(mode="json"), "evaluation": _evaluation_inputs(evaluation),
+              "sampler": sampler, "seed": seed}
     return Prepared(plan=plan, space=searched, objectives=objectives, storage=storage or studies.default_storage(),
                     study_name=study_name or studies.study_name(inputs), suite=suite,
                     gated_metrics=list(gated_metrics or []), project=project, model=str(ref),
                     title=f"{ref.short_name()}: {', '.join(recipes)} x {trials} trials")
+
+
+# The evaluation options a study was named by before the prompt and LightEval options existed: a
+# later option at its default stays out of the name, so an existing study is found again.
+_FIRST_EVALUATION_OPTIONS = frozenset({"limit", "batch_size", "num_fewshot", "backend"})
+
+
+def _evaluation_inputs(evaluation: EvaluationOptions | None) -> dict[str, Any] | None:
+    if evaluation is None:
+        return None
+    data = _summary({"e": evaluation})["e"]
+    defaults = EvaluationOptions().model_dump(mode="json")
+    return {k: v for k, v in data.items() if k in _FIRST_EVALUATION_OPTIONS or v != defaults.get(k)}
 
 
 def run_sync(**parameters: Any) -> SearchReport:

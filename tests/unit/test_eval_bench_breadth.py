@@ -262,3 +262,15 @@ def test_readmes_table_says_what_each_kind_reports() -> None:
     for name, cls in kinds().items():
         assert cls.reports, f"kind {name} says nothing of what it reports"
         assert f"| `{name}` | {cls.reports} |" in readme, f"README's task-kind table lacks {name}'s line"
+
+
+def test_a_search_keeps_its_study_name_and_refuses_lighteval() -> None:
+    from flows.recipe_search import _evaluation_inputs
+
+    assert _evaluation_inputs(EvaluationOptions()) == {"limit": None, "batch_size": 8, "num_fewshot": None,
+                                                      "backend": "auto"}
+    assert _evaluation_inputs(EvaluationOptions(system_instruction="x"))["system_instruction"] == "x"  # type: ignore[index]
+    from flows.recipe_search import prepare
+
+    with pytest.raises(FlowInputError, match="evaluation.lighteval_tasks: a search scores its trials"):
+        prepare(model="hf:org/model", evaluation=EvaluationOptions(lighteval_tasks=["tiny_mc|0"]))
