@@ -272,5 +272,5 @@ def test_a_search_keeps_its_study_name_and_refuses_lighteval() -> None:
     assert _evaluation_inputs(EvaluationOptions(system_instruction="x"))["system_instruction"] == "x"  # type: ignore[index]
     from flows.recipe_search import prepare
 
-    with pytest.raises(FlowInputError, match="evaluation.lighteval_tasks: a search scores its trials"):
+    with pytest.raises(FlowInputError, match=r"evaluation\.lighteval_tasks: a search scores its trials"):
         prepare(model="hf:org/model", evaluation=EvaluationOptions(lighteval_tasks=["tiny_mc|0"]))
