@@ -274,3 +274,24 @@ def test_a_search_keeps_its_study_name_and_refuses_lighteval() -> None:
 
     with pytest.raises(FlowInputError, match=r"evaluation\.lighteval_tasks: a search scores its trials"):
         prepare(model="hf:org/model", evaluation=EvaluationOptions(lighteval_tasks=["tiny_mc|0"]))
+
+
+def test_backend_vllm_on_a_host_without_a_gpu_fails_at_once(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "evaluate", "model": str(model), "suite": "tiny", "backend": "vllm"}))
+    proc = subprocess.run([sys.executable, "-m", "automation.scripts.evaluate", "--spec", str(spec), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "AcceleratorRequired: backend 'vllm' needs a GPU and this host has none" in proc.stderr
+    assert "lm_eval" not in proc.stderr  # before lm-eval was imported, let alone the model loaded
