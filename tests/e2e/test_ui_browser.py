@@ -274,12 +274,16 @@ def submit_and_open_run(page: Page, ui: UiServer, deployment: Deployment, shot: 
 
 def set_schemes(page: Page, keep: list[str]) -> None:
     """Delete the list items of `schemes` that are not in `keep` (trash button of each item)."""
+    from playwright.sync_api import expect
+
     items = form_property(page, "schemes (Optional)").locator(".schema-form-property-array-item")
     for i in reversed(range(items.count())):
         item = items.nth(i)
         if item.locator("textarea").input_value() not in keep:
             item.locator("button").first.click()
-    assert [items.nth(i).locator("textarea").input_value() for i in range(items.count())] == keep
+    # the list re-renders after a delete: wait for it, or a count read too early names a gone item
+    expect(items).to_have_count(len(keep), timeout=15_000)
+    assert [items.nth(i).locator("textarea").input_value() for i in range(len(keep))] == keep
 
 
 # -- the tests -------------------------------------------------------------------------------------
